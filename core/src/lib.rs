@@ -1,0 +1,21 @@
+//! svcnet-core: the sans-IO engine of svcnet.
+//!
+//! Nothing in this crate performs I/O, reads a clock or draws OS randomness. Time enters every call
+//! as a [`time::Instant`] parameter; outputs leave through `poll_*` methods. The same code therefore
+//! runs inside the tokio daemon, the deterministic simulator and the fuzzers. The one exception is
+//! [`mux::adapter`], a thin, runtime-agnostic driver that binds a [`mux::Session`] to any
+//! `futures-io` byte pipe; it lives here so that programs embedding svcnet need only this crate.
+//!
+//! Modules, one concern each:
+//! - [`time`]: the core's own clock-free instant type.
+//! - [`identity`]: ed25519 node identities and their text form.
+//! - [`addressing`]: blake3-derived network, node and service addresses; DNS names.
+//! - [`wire`]: every on-the-wire format, versioned and length-checked (`docs/protocol.md`).
+//! - [`mux`]: many byte streams over one reliable ordered byte pipe.
+#![forbid(unsafe_code)]
+
+pub mod addressing;
+pub mod identity;
+pub mod mux;
+pub mod time;
+pub mod wire;

@@ -1,0 +1,1 @@
+//! Paired test harness (in progress).
