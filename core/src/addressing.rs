@@ -1033,10 +1033,12 @@ impl Directory {
 
     /// The services of node `id` with their addresses, in name order (empty for unknown nodes).
     pub fn services(&self, id: &NodeId) -> impl Iterator<Item = (&ServiceName, Ipv6Addr)> + '_ {
-        self.nodes
-            .get(id)
-            .into_iter()
-            .flat_map(|entry| entry.services.iter().map(|(name, address)| (name, *address)))
+        self.nodes.get(id).into_iter().flat_map(|entry| {
+            entry
+                .services
+                .iter()
+                .map(|(name, address)| (name, *address))
+        })
     }
 
     fn entry(&self, node: &NodeLabel) -> Option<&NodeEntry> {
@@ -1156,7 +1158,10 @@ mod tests {
             major: 3,
             minor: Some(2),
         };
-        assert_ne!(prefix.role_address(&db, None), prefix.role_address(&db, Some(v3)));
+        assert_ne!(
+            prefix.role_address(&db, None),
+            prefix.role_address(&db, Some(v3))
+        );
         assert_ne!(
             prefix.role_address(&db, Some(v3)),
             prefix.role_address(&db, Some(v3_2))
@@ -1187,7 +1192,10 @@ mod tests {
         assert_eq!(svc(&"a".repeat(63)).as_str().len(), 63);
         assert_eq!(
             ServiceName::parse(&"a".repeat(64)),
-            Err(label_error(&"a".repeat(64), LabelProblem::TooLong { len: 64 }))
+            Err(label_error(
+                &"a".repeat(64),
+                LabelProblem::TooLong { len: 64 }
+            ))
         );
         assert_eq!(
             ServiceName::parse(""),
@@ -1445,7 +1453,12 @@ mod tests {
             parse_name(&zone, "SVCNET."),
             Err(NameError::ZoneApex { zone: zone.clone() })
         );
-        for outside in ["alice.example.com", "alice.xsvcnet", "svcnet.com", "alicesvcnet"] {
+        for outside in [
+            "alice.example.com",
+            "alice.xsvcnet",
+            "svcnet.com",
+            "alicesvcnet",
+        ] {
             assert_eq!(
                 parse_name(&zone, outside),
                 Err(NameError::NotInZone {
@@ -1546,7 +1559,10 @@ mod tests {
         );
         assert_eq!(resolve("web.alice.svcnet"), Some(web));
         assert_eq!(resolve(&format!("web.{a}.svcnet")), Some(web));
-        assert_eq!(resolve(&format!("{a}.svcnet")), Some(prefix.node_address(&a)));
+        assert_eq!(
+            resolve(&format!("{a}.svcnet")),
+            Some(prefix.node_address(&a))
+        );
         assert_eq!(resolve("web.bob.svcnet"), Some(bob_web));
         assert_eq!(resolve("db.alice.svcnet"), None);
         assert_eq!(resolve("carol.svcnet"), None);
@@ -1570,7 +1586,8 @@ mod tests {
             Some("web.alice.svcnet".to_string())
         );
         assert_eq!(
-            dir.reverse(prefix.node_address(&b)).map(|n| n.to_fqdn(&zone)),
+            dir.reverse(prefix.node_address(&b))
+                .map(|n| n.to_fqdn(&zone)),
             Some("bob.svcnet".to_string())
         );
 
@@ -1632,9 +1649,7 @@ mod tests {
         let web = dir.insert_service(a, svc("web")).unwrap();
 
         // Collisions cannot be found with 64 hash bits, so force the address.
-        let err = dir
-            .insert_service_at(a, svc("api"), web)
-            .unwrap_err();
+        let err = dir.insert_service_at(a, svc("api"), web).unwrap_err();
         assert_eq!(
             err,
             DirectoryError::AddressCollision {
@@ -1650,7 +1665,10 @@ mod tests {
             }
         );
         let message = err.to_string();
-        assert!(message.contains("\"web\"") && message.contains("\"api\""), "{message}");
+        assert!(
+            message.contains("\"web\"") && message.contains("\"api\""),
+            "{message}"
+        );
         assert_eq!(dir.services(&a).count(), 1);
 
         let alice_address = prefix.node_address(&a);
@@ -1667,8 +1685,15 @@ mod tests {
         );
         assert!(err.to_string().contains(&a.to_string()));
         assert!(err.to_string().contains(&b.to_string()));
-        assert_eq!(dir.node_by_name(&node_name("bob")), None, "nothing inserted");
-        assert_eq!(dir.lookup_address(alice_address), Some(AddressOwner::Node { node: a }));
+        assert_eq!(
+            dir.node_by_name(&node_name("bob")),
+            None,
+            "nothing inserted"
+        );
+        assert_eq!(
+            dir.lookup_address(alice_address),
+            Some(AddressOwner::Node { node: a })
+        );
     }
 
     #[test]
@@ -1698,7 +1723,10 @@ mod tests {
         assert_eq!(dir.lookup_address(api), None);
         assert_eq!(dir.lookup_address(prefix.node_address(&a)), None);
         assert_eq!(dir.node_by_name(&node_name("alice")), None);
-        assert_eq!(dir.resolve(&parse_name(&zone, "alice.svcnet").unwrap()), None);
+        assert_eq!(
+            dir.resolve(&parse_name(&zone, "alice.svcnet").unwrap()),
+            None
+        );
         assert_eq!(dir.nodes().count(), 0);
         // The name is free again.
         dir.insert_node(id(8), node_name("alice")).unwrap();
@@ -1711,8 +1739,9 @@ mod tests {
     fn node_label_strategy() -> impl Strategy<Value = NodeLabel> {
         prop_oneof![
             any::<[u8; 32]>().prop_map(|seed| NodeLabel::Id(NodeKey::from_seed(seed).node_id())),
-            label_strategy()
-                .prop_filter_map("reserved", |l| NodeName::parse(&l).ok().map(NodeLabel::Name)),
+            label_strategy().prop_filter_map("reserved", |l| NodeName::parse(&l)
+                .ok()
+                .map(NodeLabel::Name)),
         ]
     }
 

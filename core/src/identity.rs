@@ -185,12 +185,13 @@ impl NodeId {
             upper.push(c);
         }
         // 56 symbols of the alphabet always decode to exactly 35 bytes; the error arm is defensive.
-        let raw = BASE32_NOPAD
-            .decode(upper.as_bytes())
-            .map_err(|_| IdentityError::WrongLength {
-                expected: NODE_ID_TEXT_LEN,
-                got,
-            })?;
+        let raw =
+            BASE32_NOPAD
+                .decode(upper.as_bytes())
+                .map_err(|_| IdentityError::WrongLength {
+                    expected: NODE_ID_TEXT_LEN,
+                    got,
+                })?;
         let (key, sum) = raw.split_at(NODE_ID_LEN.min(raw.len()));
         let key: [u8; NODE_ID_LEN] = key.try_into().map_err(|_| IdentityError::WrongLength {
             expected: NODE_ID_TEXT_LEN,
@@ -314,7 +315,13 @@ mod tests {
         let mixed: String = SEED7_ID_TEXT
             .chars()
             .enumerate()
-            .map(|(i, c)| if i % 2 == 0 { c.to_ascii_uppercase() } else { c })
+            .map(|(i, c)| {
+                if i % 2 == 0 {
+                    c.to_ascii_uppercase()
+                } else {
+                    c
+                }
+            })
             .collect();
         assert_eq!(mixed.parse::<NodeId>(), Ok(id));
         // Output is always lowercase.
@@ -380,7 +387,10 @@ mod tests {
             );
             let message = err.to_string();
             assert!(message.contains(&format!("{bad:?}")), "{message}");
-            assert!(message.contains(&format!("position {position}")), "{message}");
+            assert!(
+                message.contains(&format!("position {position}")),
+                "{message}"
+            );
         }
     }
 
@@ -519,7 +529,10 @@ mod tests {
     fn seed_round_trip_and_debug_hides_secret() {
         let key = NodeKey::from_seed([7u8; 32]);
         assert_eq!(key.to_seed_bytes(), [7u8; 32]);
-        assert_eq!(NodeKey::from_seed(key.to_seed_bytes()).node_id(), key.node_id());
+        assert_eq!(
+            NodeKey::from_seed(key.to_seed_bytes()).node_id(),
+            key.node_id()
+        );
         let debug = format!("{key:?}");
         assert!(debug.contains(SEED7_ID_TEXT), "{debug}");
         assert!(!debug.contains("7, 7"), "{debug}");

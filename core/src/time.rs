@@ -80,7 +80,12 @@ impl Sub<Instant> for Instant {
 
 impl fmt::Debug for Instant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{:06}s", self.micros / 1_000_000, self.micros % 1_000_000)
+        write!(
+            f,
+            "{}.{:06}s",
+            self.micros / 1_000_000,
+            self.micros % 1_000_000
+        )
     }
 }
 
@@ -105,6 +110,9 @@ mod tests {
             Instant::from_micros(u64::MAX) + Duration::from_secs(1),
             Instant::from_micros(u64::MAX)
         );
-        assert_eq!(format!("{:?}", Instant::from_micros(1_000_042)), "1.000042s");
+        assert_eq!(
+            format!("{:?}", Instant::from_micros(1_000_042)),
+            "1.000042s"
+        );
     }
 }

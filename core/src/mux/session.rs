@@ -103,8 +103,7 @@ impl Config {
         if self.max_send_buffer == 0 {
             return Err("max_send_buffer: must be positive".into());
         }
-        if self.keepalive_interval.is_zero() || self.keepalive_timeout <= self.keepalive_interval
-        {
+        if self.keepalive_interval.is_zero() || self.keepalive_timeout <= self.keepalive_interval {
             return Err(format!(
                 "keepalive_timeout ({:?}) must be longer than a non-zero keepalive_interval ({:?})",
                 self.keepalive_timeout, self.keepalive_interval
@@ -134,7 +133,10 @@ pub enum Event {
     /// [`Session::open`] returned [`OpenError::Limit`] and may now succeed.
     OpenAvailable,
     /// The peer will accept no stream above `last_stream`; the session drains.
-    GoAway { code: ErrorCode, last_stream: StreamId },
+    GoAway {
+        code: ErrorCode,
+        last_stream: StreamId,
+    },
     /// The session ended: gracefully (`NoError` after draining) or with an error. No stream
     /// survives it.
     Closed { code: ErrorCode, remote: bool },
@@ -278,8 +280,7 @@ impl Stream {
     }
     /// Both directions are done as far as this side is concerned.
     fn is_done(&self) -> bool {
-        self.has(FIN_SENT)
-            && (self.has(FIN_READ) || (self.has(DETACHED) && self.has(FIN_RECEIVED)))
+        self.has(FIN_SENT) && (self.has(FIN_READ) || (self.has(DETACHED) && self.has(FIN_RECEIVED)))
     }
 }
 
@@ -340,6 +341,7 @@ pub struct Session {
 
     // Input.
     preface_ok: bool,
+    preface_sent: bool,
     partial: BytesMut,
 
     // Liveness.
@@ -391,6 +393,7 @@ impl Session {
             scratch: BytesMut::new(),
             events: VecDeque::new(),
             preface_ok: false,
+            preface_sent: false,
             partial: BytesMut::new(),
             last_input: now,
             next_ping: now + cfg.keepalive_interval,
@@ -404,8 +407,7 @@ impl Session {
         };
         s.control.push_back(Control::Preface);
         if s.cfg.connection_window > INITIAL_CONNECTION_WINDOW {
-            s.conn_recv_unacked =
-                u64::from(s.cfg.connection_window - INITIAL_CONNECTION_WINDOW);
+            s.conn_recv_unacked = u64::from(s.cfg.connection_window - INITIAL_CONNECTION_WINDOW);
             s.conn_update_queued = true;
             s.control.push_back(Control::ConnWindow);
         }
@@ -499,8 +501,14 @@ impl Session {
     /// Queues up to `data.len()` bytes on a stream; returns how many were taken.
     pub fn write(&mut self, id: StreamId, data: &[u8]) -> Result<usize, StreamError> {
         self.check_open()?;
-        let room_session = self.cfg.max_send_buffer.saturating_sub(self.queued_send_bytes);
-        let st = self.streams.get_mut(&id).ok_or(StreamError::UnknownStream)?;
+        let room_session = self
+            .cfg
+            .max_send_buffer
+            .saturating_sub(self.queued_send_bytes);
+        let st = self
+            .streams
+            .get_mut(&id)
+            .ok_or(StreamError::UnknownStream)?;
         if st.has(FIN_QUEUED) {
             return Err(StreamError::Finished);
         }
@@ -535,7 +543,10 @@ impl Session {
         if let State::Closed(c) = self.state {
             return Err(StreamError::SessionClosed(c));
         }
-        let st = self.streams.get_mut(&id).ok_or(StreamError::UnknownStream)?;
+        let st = self
+            .streams
+            .get_mut(&id)
+            .ok_or(StreamError::UnknownStream)?;
         if buf.is_empty() {
             return Ok(0);
         }
@@ -574,7 +585,10 @@ impl Session {
     /// Finishes the sending side (half-close): a FIN follows the queued data.
     pub fn finish(&mut self, id: StreamId) -> Result<(), StreamError> {
         self.check_open()?;
-        let st = self.streams.get_mut(&id).ok_or(StreamError::UnknownStream)?;
+        let st = self
+            .streams
+            .get_mut(&id)
+            .ok_or(StreamError::UnknownStream)?;
         if st.has(FIN_QUEUED) {
             return Err(StreamError::Finished);
         }
@@ -671,7 +685,10 @@ impl Session {
                 let msg = match e {
                     wire::PrefaceError::BadMagic => "not an svcnet multiplexer".to_string(),
                     wire::PrefaceError::UnsupportedVersion(v) => {
-                        format!("version {v} not supported; this side speaks {}", wire::VERSION)
+                        format!(
+                            "version {v} not supported; this side speaks {}",
+                            wire::VERSION
+                        )
                     }
                 };
                 self.fail(ErrorCode::Version, Bytes::from(msg), false);
@@ -765,7 +782,10 @@ impl Session {
         if self.is_closed().is_some() {
             return None;
         }
-        Some(self.next_ping.min(self.last_input + self.cfg.keepalive_timeout))
+        Some(
+            self.next_ping
+                .min(self.last_input + self.cfg.keepalive_timeout),
+        )
     }
 
     /// The next event for the driver.
@@ -852,7 +872,9 @@ impl Session {
         let index = index_of(id);
         if self.is_local(id) {
             if index >= self.local_next {
-                return Err(format!("frame for stream {id} which this side never opened"));
+                return Err(format!(
+                    "frame for stream {id} which this side never opened"
+                ));
             }
         } else if index >= self.peer_next {
             return Err(format!("frame for stream {id} which the peer never opened"));
@@ -881,10 +903,8 @@ impl Session {
             }
             let index = index_of(id);
             if index < self.peer_next {
-                return self.protocol_error(
-                    ErrorCode::StreamId,
-                    format!("peer reopened stream {id}"),
-                );
+                return self
+                    .protocol_error(ErrorCode::StreamId, format!("peer reopened stream {id}"));
             }
             if index >= self.peer_limit {
                 return self.protocol_error(
@@ -899,8 +919,8 @@ impl Session {
             self.peer_done += index - self.peer_next;
             self.peer_next = index + 1;
             self.stats.streams_opened_remote += 1;
-            let refuse = self.state != State::Open
-                || self.peer_live >= self.cfg.max_incoming_streams;
+            let refuse =
+                self.state != State::Open || self.peer_live >= self.cfg.max_incoming_streams;
             if refuse {
                 self.stats.streams_refused += 1;
                 self.peer_done += 1;
@@ -910,7 +930,8 @@ impl Session {
                 return;
             }
             self.peer_live += 1;
-            self.streams.insert(id, Stream::new(0, now));
+            // The peer knows the stream: our frames on it need no SYN.
+            self.streams.insert(id, Stream::new(SYN_SENT, now));
             self.events.push_back(Event::Opened(id));
         } else {
             match self.classify(id) {
@@ -1170,13 +1191,15 @@ impl Session {
         if !message.is_empty() {
             self.close_message = message.clone();
         }
+        // Everything queued is moot now, except the preface: without it the peer could not
+        // read the GOAWAY that explains the close.
+        self.control.clear();
+        if !self.preface_sent {
+            self.control.push_back(Control::Preface);
+        }
         if !remote && !matches!(code, ErrorCode::KeepaliveTimeout | ErrorCode::Transport) {
-            // Only the GOAWAY leaves; everything else queued is moot.
-            self.control.clear();
             self.goaway_sent = false;
             self.send_goaway(code, message);
-        } else {
-            self.control.clear();
         }
         self.finish_close(code, remote);
     }
@@ -1245,6 +1268,7 @@ impl Session {
         self.reserve_scratch(HEADER_LEN + 8 + wire::MAX_GOAWAY_MESSAGE);
         let frame = match c {
             Control::Preface => {
+                self.preface_sent = true;
                 self.scratch.extend_from_slice(&wire::preface());
                 let b = self.take_scratch();
                 let n = b.len();

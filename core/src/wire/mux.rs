@@ -138,9 +138,9 @@ impl FrameError {
     /// The connection error code a receiver sends in its GOAWAY.
     pub fn code(self) -> ErrorCode {
         match self {
-            FrameError::UnknownType(_) | FrameError::BadFlags { .. } | FrameError::ZeroIncrement => {
-                ErrorCode::Protocol
-            }
+            FrameError::UnknownType(_)
+            | FrameError::BadFlags { .. }
+            | FrameError::ZeroIncrement => ErrorCode::Protocol,
             FrameError::BadLength { .. } => ErrorCode::FrameSize,
             FrameError::BadStream { .. } => ErrorCode::StreamId,
         }
@@ -155,7 +155,10 @@ impl std::fmt::Display for FrameError {
                 write!(f, "frame type {kind:#04x} may not have length {length}")
             }
             FrameError::BadFlags { kind, flags } => {
-                write!(f, "frame type {kind:#04x} does not define flags {flags:#04x}")
+                write!(
+                    f,
+                    "frame type {kind:#04x} does not define flags {flags:#04x}"
+                )
             }
             FrameError::BadStream { kind, stream } => {
                 write!(f, "frame type {kind:#04x} may not carry stream id {stream}")
@@ -488,7 +491,10 @@ mod tests {
             },
             &mut out,
         );
-        assert_eq!(&out[..], b"\x00\x00\x04\x01\x00\x00\x00\x00\x00\x00\x01\x00\x00");
+        assert_eq!(
+            &out[..],
+            b"\x00\x00\x04\x01\x00\x00\x00\x00\x00\x00\x01\x00\x00"
+        );
         out.clear();
         encode(
             &Frame::GoAway {
@@ -520,14 +526,11 @@ mod tests {
         // DATA longer than allowed: rejected from the header alone.
         let mut h = BytesMut::new();
         put_header(&mut h, MAX_DATA_PAYLOAD + 1, frame_type::DATA, 0, 1);
-        assert_eq!(
-            decode_header(&h).unwrap_err().code(),
-            ErrorCode::FrameSize
-        );
+        assert_eq!(decode_header(&h).unwrap_err().code(), ErrorCode::FrameSize);
         let cases: [(usize, u8, u8, u32, ErrorCode); 8] = [
-            (0, 0x9, 0, 0, ErrorCode::Protocol),                     // unknown type
-            (0, frame_type::DATA, 0x4, 1, ErrorCode::Protocol),      // unknown flag
-            (0, frame_type::DATA, 0, 0, ErrorCode::StreamId),        // data on stream 0
+            (0, 0x9, 0, 0, ErrorCode::Protocol), // unknown type
+            (0, frame_type::DATA, 0x4, 1, ErrorCode::Protocol), // unknown flag
+            (0, frame_type::DATA, 0, 0, ErrorCode::StreamId), // data on stream 0
             (5, frame_type::WINDOW_UPDATE, 0, 0, ErrorCode::FrameSize),
             (4, frame_type::RESET, 0, 0, ErrorCode::StreamId),
             (8, frame_type::PING, 0, 3, ErrorCode::StreamId),
@@ -537,7 +540,11 @@ mod tests {
         for (len, kind, fl, stream, code) in cases {
             let mut h = BytesMut::new();
             put_header(&mut h, len, kind, fl, stream);
-            assert_eq!(decode_header(&h).unwrap_err().code(), code, "{kind} {fl} {stream}");
+            assert_eq!(
+                decode_header(&h).unwrap_err().code(),
+                code,
+                "{kind} {fl} {stream}"
+            );
         }
         let mut b = BytesMut::new();
         put_header(&mut b, 4, frame_type::WINDOW_UPDATE, 0, 3);
@@ -547,26 +554,32 @@ mod tests {
 
     fn arb_frame() -> impl Strategy<Value = Frame> {
         prop_oneof![
-            (1u32.., any::<bool>(), any::<bool>(), proptest::collection::vec(any::<u8>(), 0..300))
+            (
+                1u32..,
+                any::<bool>(),
+                any::<bool>(),
+                proptest::collection::vec(any::<u8>(), 0..300)
+            )
                 .prop_map(|(stream, syn, fin, p)| Frame::Data {
                     stream,
                     syn,
                     fin,
                     payload: Bytes::from(p)
                 }),
-            (any::<u32>(), 1u32..).prop_map(|(stream, increment)| Frame::WindowUpdate {
-                stream,
-                increment
-            }),
+            (any::<u32>(), 1u32..)
+                .prop_map(|(stream, increment)| Frame::WindowUpdate { stream, increment }),
             (1u32.., any::<u32>()).prop_map(|(stream, code)| Frame::Reset { stream, code }),
             (any::<bool>(), any::<u64>()).prop_map(|(ack, opaque)| Frame::Ping { ack, opaque }),
-            (any::<u32>(), any::<u32>(), proptest::collection::vec(any::<u8>(), 0..64)).prop_map(
-                |(last_stream, code, m)| Frame::GoAway {
+            (
+                any::<u32>(),
+                any::<u32>(),
+                proptest::collection::vec(any::<u8>(), 0..64)
+            )
+                .prop_map(|(last_stream, code, m)| Frame::GoAway {
                     last_stream,
                     code,
                     message: Bytes::from(m)
-                }
-            ),
+                }),
             any::<u32>().prop_map(|count| Frame::MaxStreams { count }),
         ]
     }

@@ -1,0 +1,543 @@
+//! Behaviour of the multiplexer session, driven through the paired harness with a simulated clock.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use svcnet_core::mux::testing::{Pair, Side};
+use svcnet_core::mux::{
+    reset_code, Config, ErrorCode, Event, OpenError, Role, Session, StreamError,
+    INITIAL_STREAM_WINDOW,
+};
+use svcnet_core::time::Instant;
+use svcnet_core::wire::mux::{self as wire, Frame};
+
+/// Reads everything readable on `id` into `into`; returns true at end of stream.
+fn drain(s: &mut Session, id: u32, into: &mut Vec<u8>) -> bool {
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(id, &mut buf) {
+            Ok(0) => return true,
+            Ok(n) => into.extend_from_slice(&buf[..n]),
+            Err(StreamError::Blocked) => return false,
+            Err(e) => panic!("read on stream {id}: {e}"),
+        }
+    }
+}
+
+fn pattern(len: usize, salt: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(salt))
+        .collect()
+}
+
+/// Writes all of `data` on `id`, running the pair whenever the stream is blocked, while the
+/// other side reads into `sink`.
+fn transfer(p: &mut Pair, from: Side, id: u32, data: &[u8], sink: &mut Vec<u8>) {
+    let mut off = 0;
+    while off < data.len() {
+        match p.session(from).write(id, &data[off..]) {
+            Ok(n) => off += n,
+            Err(StreamError::Blocked) => {}
+            Err(e) => panic!("write: {e}"),
+        }
+        p.run_until_idle();
+        drain(p.session(from.other()), id, sink);
+    }
+}
+
+fn opened(events: &[Event]) -> Vec<u32> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Opened(id) => Some(*id),
+            _ => None,
+        })
+        .collect()
+}
+
+fn closed(events: &[Event]) -> Option<(ErrorCode, bool)> {
+    events.iter().find_map(|e| match e {
+        Event::Closed { code, remote } => Some((*code, *remote)),
+        _ => None,
+    })
+}
+
+#[test]
+fn zero_rtt_open_carries_data_and_fin_in_one_frame() {
+    let now = Instant::ZERO;
+    let mut c = Session::new(Role::Client, Config::default(), now);
+    let id = c.open(now).unwrap();
+    assert_eq!(c.write(id, b"hello").unwrap(), 5);
+    c.finish(id).unwrap();
+    let mut out = Vec::new();
+    c.poll_transmit(now, &mut out, usize::MAX);
+    let mut all = BytesMut::new();
+    for b in &out {
+        all.extend_from_slice(b);
+    }
+    let mut all = all.freeze();
+    assert_eq!(&all[..wire::PREFACE_LEN], &wire::preface());
+    let _ = all.split_to(wire::PREFACE_LEN);
+    let mut data_frames = Vec::new();
+    while let Some((f, n)) = wire::decode_one(&all).unwrap() {
+        let _ = all.split_to(n);
+        if let Frame::Data { .. } = f {
+            data_frames.push(f);
+        }
+    }
+    assert_eq!(
+        data_frames,
+        vec![Frame::Data {
+            stream: 1,
+            syn: true,
+            fin: true,
+            payload: Bytes::from_static(b"hello"),
+        }]
+    );
+}
+
+#[test]
+fn bytes_flow_both_ways_with_half_close() {
+    let mut p = Pair::new(1);
+    let id = p.client.open(p.now).unwrap();
+    let up = pattern(300_000, 1);
+    let mut got_up = Vec::new();
+    transfer(&mut p, Side::Client, id, &up, &mut got_up);
+    p.client.finish(id).unwrap();
+    p.run_until_idle();
+    assert!(drain(&mut p.server, id, &mut got_up), "server sees FIN");
+    assert_eq!(got_up, up);
+    assert_eq!(opened(&p.server_events), vec![id]);
+    // The other direction still works after the client's half-close.
+    let down = pattern(500_000, 2);
+    let mut got_down = Vec::new();
+    transfer(&mut p, Side::Server, id, &down, &mut got_down);
+    p.server.finish(id).unwrap();
+    p.run_until_idle();
+    assert!(drain(&mut p.client, id, &mut got_down));
+    assert_eq!(got_down, down);
+    assert_eq!(p.client.stream_count(), 0);
+    assert_eq!(p.server.stream_count(), 0);
+    assert_eq!(closed(&p.client_events), None);
+}
+
+#[test]
+fn reset_reaches_the_peer_with_its_code_and_frees_state() {
+    let mut p = Pair::new(2);
+    let id = p.client.open(p.now).unwrap();
+    p.client.write(id, b"abc").unwrap();
+    p.run_until_idle();
+    p.server.reset(id, 77).unwrap();
+    assert_eq!(p.server.stream_count(), 0);
+    p.run_until_idle();
+    assert!(p.client_events.contains(&Event::Reset {
+        stream: id,
+        code: 77
+    }));
+    assert_eq!(p.client.stream_count(), 0);
+    assert_eq!(p.client.write(id, b"x"), Err(StreamError::UnknownStream));
+}
+
+#[test]
+fn stream_over_the_limit_is_refused_and_the_session_lives() {
+    let server_cfg = Config {
+        max_incoming_streams: 2,
+        ..Config::default()
+    };
+    let mut p = Pair::with(Config::default(), server_cfg, 3, Duration::from_millis(1));
+    let ids: Vec<u32> = (0..3).map(|_| p.client.open(p.now).unwrap()).collect();
+    for &id in &ids {
+        p.client.write(id, b"ping").unwrap();
+    }
+    p.run_until_idle();
+    assert_eq!(opened(&p.server_events), ids[..2].to_vec());
+    assert!(p.client_events.contains(&Event::Reset {
+        stream: ids[2],
+        code: reset_code::REFUSED
+    }));
+    assert_eq!(p.server.stats().streams_refused, 1);
+    // Once a stream ends, a new one is accepted.
+    p.client.reset(ids[0], reset_code::CANCEL).unwrap();
+    p.run_until_idle();
+    let again = p.client.open(p.now).unwrap();
+    p.client.write(again, b"x").unwrap();
+    p.run_until_idle();
+    assert_eq!(opened(&p.server_events).last(), Some(&again));
+    assert_eq!(closed(&p.client_events), None);
+    assert_eq!(closed(&p.server_events), None);
+}
+
+#[test]
+fn open_waits_for_stream_credit() {
+    let mut p = Pair::new(4);
+    for _ in 0..svcnet_core::mux::INITIAL_MAX_STREAMS {
+        p.client.open(p.now).unwrap();
+    }
+    // Before the server's MAX_STREAMS arrives, the initial credit is all there is.
+    assert_eq!(p.client.open(p.now), Err(OpenError::Limit));
+    p.run_until_idle();
+    assert!(p.client_events.contains(&Event::OpenAvailable));
+    assert!(p.client.open(p.now).is_ok());
+}
+
+#[test]
+fn keepalive_measures_rtt_and_keeps_an_idle_session_up() {
+    let mut p = Pair::with(
+        Config::default(),
+        Config::default(),
+        5,
+        Duration::from_millis(20),
+    );
+    p.advance(Duration::from_secs(120));
+    assert_eq!(closed(&p.client_events), None);
+    assert_eq!(closed(&p.server_events), None);
+    let rtt = p.client.rtt().expect("rtt measured");
+    assert_eq!(rtt, Duration::from_millis(40));
+}
+
+#[test]
+fn dead_link_is_detected_by_timers_alone() {
+    let mut p = Pair::with(
+        Config::default(),
+        Config::default(),
+        6,
+        Duration::from_millis(5),
+    );
+    let id = p.client.open(p.now).unwrap();
+    p.client.write(id, b"x").unwrap();
+    p.run_until_idle();
+    p.cut();
+    let cut_at = p.now;
+    p.advance(Duration::from_secs(29));
+    assert_eq!(closed(&p.client_events), None, "not before the timeout");
+    p.advance(Duration::from_secs(2));
+    assert_eq!(
+        closed(&p.client_events),
+        Some((ErrorCode::KeepaliveTimeout, false))
+    );
+    assert_eq!(
+        closed(&p.server_events),
+        Some((ErrorCode::KeepaliveTimeout, false))
+    );
+    assert!(p.now >= cut_at + Duration::from_secs(30));
+    assert_eq!(p.client.stream_count(), 0);
+    assert_eq!(p.client.poll_timeout(), None);
+}
+
+#[test]
+fn stream_window_grows_toward_the_bandwidth_delay_product() {
+    let mut p = Pair::with(
+        Config::default(),
+        Config::default(),
+        7,
+        Duration::from_millis(10),
+    );
+    p.advance(Duration::from_millis(100)); // RTT sample
+    let id = p.client.open(p.now).unwrap();
+    let data = pattern(16 << 20, 3);
+    let mut got = Vec::new();
+    transfer(&mut p, Side::Client, id, &data, &mut got);
+    p.client.finish(id).unwrap();
+    p.run_until_idle();
+    drain(&mut p.server, id, &mut got);
+    assert_eq!(got.len(), data.len());
+    assert!(got == data);
+    let window = p
+        .server
+        .stream_recv_window(id)
+        .expect("server still has the stream");
+    assert!(
+        window >= 4 * INITIAL_STREAM_WINDOW,
+        "window grew from {INITIAL_STREAM_WINDOW} to only {window}"
+    );
+    assert!(window <= Config::default().max_stream_window);
+}
+
+#[test]
+fn window_does_not_grow_for_a_slow_reader() {
+    let mut p = Pair::with(
+        Config::default(),
+        Config::default(),
+        8,
+        Duration::from_millis(10),
+    );
+    p.advance(Duration::from_millis(100));
+    let id = p.client.open(p.now).unwrap();
+    let data = pattern(4 << 20, 4);
+    let mut off = 0;
+    let mut got = Vec::new();
+    while off < data.len() {
+        if let Ok(n) = p.client.write(id, &data[off..]) {
+            off += n;
+        }
+        p.run_until_idle();
+        // The reader takes a second per window's worth.
+        p.advance(Duration::from_secs(1));
+        drain(&mut p.server, id, &mut got);
+    }
+    assert_eq!(
+        p.server.stream_recv_window(id),
+        Some(INITIAL_STREAM_WINDOW),
+        "no growth without a bandwidth-delay reason"
+    );
+}
+
+#[test]
+fn a_stalled_stream_does_not_stall_others() {
+    let mut p = Pair::new(9);
+    let stalled = p.client.open(p.now).unwrap();
+    // Fill the stalled stream's whole window; the server never reads it.
+    let big = pattern(INITIAL_STREAM_WINDOW as usize, 5);
+    assert_eq!(p.client.write(stalled, &big).unwrap(), big.len());
+    assert_eq!(p.client.write(stalled, b"more"), Err(StreamError::Blocked));
+    let busy = p.client.open(p.now).unwrap();
+    let data = pattern(20 << 20, 6);
+    let mut got = Vec::new();
+    transfer(&mut p, Side::Client, busy, &data, &mut got);
+    assert!(got == data);
+    // Control still flows: a PING round trip completes.
+    p.advance(Duration::from_secs(11));
+    assert!(p.client.rtt().is_some());
+    assert_eq!(closed(&p.client_events), None);
+}
+
+#[test]
+fn go_away_drains_gracefully() {
+    let mut p = Pair::new(10);
+    let id = p.client.open(p.now).unwrap();
+    p.client.write(id, b"request").unwrap();
+    p.run_until_idle();
+    p.server.go_away();
+    p.run_until_idle();
+    assert!(p.client_events.contains(&Event::GoAway {
+        code: ErrorCode::NoError,
+        last_stream: id
+    }));
+    assert_eq!(p.client.open(p.now), Err(OpenError::GoingAway));
+    // The accepted stream completes.
+    let mut got = Vec::new();
+    drain(&mut p.server, id, &mut got);
+    assert_eq!(got, b"request");
+    p.server.write(id, b"response").unwrap();
+    p.server.finish(id).unwrap();
+    p.client.finish(id).unwrap();
+    p.run_until_idle();
+    let mut resp = Vec::new();
+    assert!(drain(&mut p.client, id, &mut resp));
+    assert!(drain(&mut p.server, id, &mut got));
+    assert_eq!(resp, b"response");
+    p.run_until_idle();
+    assert_eq!(closed(&p.client_events), Some((ErrorCode::NoError, true)));
+    assert_eq!(closed(&p.server_events), Some((ErrorCode::NoError, false)));
+}
+
+#[test]
+fn go_away_refuses_streams_the_peer_never_accepted() {
+    let mut p = Pair::with(
+        Config::default(),
+        Config::default(),
+        11,
+        Duration::from_millis(10),
+    );
+    let accepted = p.client.open(p.now).unwrap();
+    p.client.write(accepted, b"a").unwrap();
+    p.run_until_idle();
+    // The server goes away while the client's next open is in flight.
+    let late = p.client.open(p.now).unwrap();
+    p.client.write(late, b"b").unwrap();
+    p.server.go_away();
+    p.run_until_idle();
+    assert!(p.client_events.contains(&Event::Reset {
+        stream: late,
+        code: reset_code::REFUSED
+    }));
+    assert!(!opened(&p.server_events).contains(&late));
+}
+
+#[test]
+fn round_robin_interleaves_streams() {
+    let now = Instant::ZERO;
+    let mut c = Session::new(Role::Client, Config::default(), now);
+    let a = c.open(now).unwrap();
+    let b = c.open(now).unwrap();
+    let data = pattern(200_000, 7);
+    c.write(a, &data).unwrap();
+    c.write(b, &data).unwrap();
+    let mut out = Vec::new();
+    c.poll_transmit(now, &mut out, usize::MAX);
+    let mut all = BytesMut::new();
+    for x in &out {
+        all.extend_from_slice(x);
+    }
+    let mut all = all.freeze();
+    let _ = all.split_to(wire::PREFACE_LEN);
+    let mut order = Vec::new();
+    while let Some((f, n)) = wire::decode_one(&all).unwrap() {
+        let _ = all.split_to(n);
+        if let Frame::Data {
+            stream, payload, ..
+        } = f
+        {
+            assert!(payload.len() <= Config::default().max_frame_size);
+            order.push(stream);
+        }
+    }
+    assert!(order.len() >= 20);
+    // After both SYN frames, turns alternate until one stream runs out.
+    for w in order[..order.len() - 2].windows(2) {
+        assert_ne!(w[0], w[1], "order {order:?}");
+    }
+}
+
+#[test]
+fn detach_finishes_and_discards_incoming() {
+    let mut p = Pair::new(12);
+    let id = p.client.open(p.now).unwrap();
+    p.client.write(id, b"last words").unwrap();
+    p.client.detach(id);
+    p.run_until_idle();
+    let mut got = Vec::new();
+    assert!(drain(&mut p.server, id, &mut got));
+    assert_eq!(got, b"last words");
+    // The server may still write; the bytes are discarded with credit returned.
+    let junk = pattern(1 << 20, 8);
+    let mut off = 0;
+    while off < junk.len() {
+        off += p.server.write(id, &junk[off..]).unwrap_or(0);
+        p.run_until_idle();
+    }
+    p.server.finish(id).unwrap();
+    p.run_until_idle();
+    assert_eq!(p.client.stream_count(), 0);
+    assert_eq!(p.server.stream_count(), 0);
+    assert!(!p
+        .client_events
+        .iter()
+        .any(|e| matches!(e, Event::Reset { .. })));
+}
+
+// ---- bad input ---------------------------------------------------------------------------
+
+/// Feeds `input` (after a valid preface) to a fresh server; returns the GOAWAY code it sends
+/// and the code it closed with.
+fn server_rejects(input: &[u8]) -> (u32, ErrorCode) {
+    let now = Instant::ZERO;
+    let mut s = Session::new(Role::Server, Config::default(), now);
+    let mut all = BytesMut::new();
+    all.extend_from_slice(&wire::preface());
+    all.extend_from_slice(input);
+    s.handle_input(all.freeze(), now);
+    let code = s.is_closed().expect("session closed");
+    let mut out = Vec::new();
+    s.poll_transmit(now, &mut out, usize::MAX);
+    let mut bytes = BytesMut::new();
+    for b in out {
+        bytes.extend_from_slice(&b);
+    }
+    let mut bytes = bytes.freeze();
+    let _ = bytes.split_to(wire::PREFACE_LEN);
+    let mut goaway = None;
+    while let Some((f, n)) = wire::decode_one(&bytes).unwrap() {
+        let _ = bytes.split_to(n);
+        if let Frame::GoAway { code, .. } = f {
+            goaway = Some(code);
+        }
+    }
+    (goaway.expect("a GOAWAY was sent"), code)
+}
+
+fn header(len: usize, kind: u8, fl: u8, stream: u32) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    wire::put_header(&mut b, len, kind, fl, stream);
+    b.to_vec()
+}
+
+#[test]
+fn oversized_frame_is_a_frame_size_error() {
+    let h = header(wire::MAX_DATA_PAYLOAD + 1, wire::frame_type::DATA, 1, 1);
+    assert_eq!(
+        server_rejects(&h),
+        (ErrorCode::FrameSize as u32, ErrorCode::FrameSize)
+    );
+}
+
+#[test]
+fn unknown_frame_type_is_a_protocol_error() {
+    let h = header(0, 0x7f, 0, 0);
+    assert_eq!(
+        server_rejects(&h),
+        (ErrorCode::Protocol as u32, ErrorCode::Protocol)
+    );
+}
+
+#[test]
+fn data_beyond_credit_is_a_flow_control_error() {
+    let mut input = Vec::new();
+    let chunk = vec![0u8; wire::MAX_DATA_PAYLOAD];
+    let mut fl = wire::flags::SYN;
+    for _ in 0..(INITIAL_STREAM_WINDOW as usize / wire::MAX_DATA_PAYLOAD + 1) {
+        input.extend(header(chunk.len(), wire::frame_type::DATA, fl, 1));
+        input.extend_from_slice(&chunk);
+        fl = 0;
+    }
+    assert_eq!(
+        server_rejects(&input),
+        (ErrorCode::FlowControl as u32, ErrorCode::FlowControl)
+    );
+}
+
+#[test]
+fn frame_for_a_never_opened_stream_is_a_stream_id_error() {
+    let mut input = header(4, wire::frame_type::WINDOW_UPDATE, 0, 9);
+    input.extend_from_slice(&100u32.to_be_bytes());
+    assert_eq!(
+        server_rejects(&input),
+        (ErrorCode::StreamId as u32, ErrorCode::StreamId)
+    );
+    // A SYN with the server's own parity.
+    let input = header(0, wire::frame_type::DATA, wire::flags::SYN, 2);
+    assert_eq!(server_rejects(&input).1, ErrorCode::StreamId);
+}
+
+#[test]
+fn bad_preface_is_a_version_error() {
+    let now = Instant::ZERO;
+    let mut s = Session::new(Role::Server, Config::default(), now);
+    s.handle_input(Bytes::from_static(b"GET / HTTP/1.1\r\n"), now);
+    assert_eq!(s.is_closed(), Some(ErrorCode::Version));
+    assert!(s.close_message().contains("not an svcnet multiplexer"));
+}
+
+#[test]
+fn arbitrary_garbage_never_panics_or_allocates_without_bound() {
+    let mut rng = svcnet_core::mux::testing::SplitMix64::new(99);
+    for _ in 0..2000 {
+        let now = Instant::ZERO;
+        let mut s = Session::new(Role::Server, Config::default(), now);
+        let mut input = wire::preface().to_vec();
+        let n = rng.below(200) as usize;
+        input.extend((0..n).map(|_| rng.next_u64() as u8));
+        s.handle_input(Bytes::from(input), now);
+        let mut out = Vec::new();
+        s.poll_transmit(now, &mut out, usize::MAX);
+        while s.poll_event().is_some() {}
+        assert!(s.stats().buffered_recv_bytes <= u64::from(Config::default().connection_window));
+    }
+}
+
+#[test]
+fn dropping_the_pipe_closes_with_transport_error() {
+    let mut p = Pair::new(13);
+    let id = p.client.open(p.now).unwrap();
+    p.client.write(id, b"x").unwrap();
+    p.run_until_idle();
+    p.server.handle_eof(p.now);
+    while let Some(e) = p.server.poll_event() {
+        p.server_events.push(e);
+    }
+    assert_eq!(closed(&p.server_events), Some((ErrorCode::Transport, true)));
+    assert_eq!(
+        p.server.read(id, &mut [0; 4]),
+        Err(StreamError::SessionClosed(ErrorCode::Transport))
+    );
+}
