@@ -1,1 +1,695 @@
-//! Runtime-agnostic async driver (in progress).
+//! A runtime-agnostic async driver: runs a [`Session`] over any `futures-io` byte pipe and hands
+//! out streams that implement `AsyncRead` and `AsyncWrite` themselves.
+//!
+//! Nothing here depends on an executor. The pipe is any `AsyncRead + AsyncWrite` (a tokio
+//! `TcpStream` through `tokio_util::compat`, an async-std socket, a WebSocket adapter…), and the
+//! clock comes from a [`Clock`] the embedder supplies, so this module still reads no clock of its
+//! own: under turmoil or a simulated executor the session sees simulated time.
+//!
+//! Shape: [`Connection::new`] returns a cheap, cloneable [`Connection`] handle (open, accept,
+//! go away, close, stats) and a [`Driver`] future that the embedder spawns or polls. The driver is
+//! the only task that touches the pipe; stream handles touch only the session, under one mutex,
+//! and wake the driver when they leave something to transmit. An idle stream costs nothing here
+//! beyond the session's own state: wakers are stored only while a task waits.
+
+use std::future::Future;
+use std::io;
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Bytes, BytesMut};
+use futures_io::{AsyncRead, AsyncWrite};
+use rustc_hash::FxHashMap;
+
+use super::{Config, ErrorCode, Event, OpenError, Role, Session, Stats, StreamError, StreamId};
+use crate::time::Instant;
+
+/// Bytes read from the pipe in one call.
+const READ_CHUNK: usize = 256 * 1024;
+/// Bytes taken from the session per transmit round.
+const WRITE_BATCH: usize = 512 * 1024;
+/// Slices handed to one vectored write.
+const MAX_IOVECS: usize = 64;
+/// Loop rounds before the driver yields to its executor.
+const ROUNDS_BEFORE_YIELD: usize = 64;
+
+/// The clock and timer of the embedding runtime.
+pub trait Clock: Send + Sync + 'static {
+    /// The current instant on the session's clock.
+    fn now(&self) -> Instant;
+    /// A future that completes at (or soon after) `deadline`.
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+#[derive(Default)]
+struct Waiters {
+    read: Option<Waker>,
+    write: Option<Waker>,
+}
+
+struct Shared {
+    session: Session,
+    /// Wakers of stream tasks, only while they wait.
+    waiters: FxHashMap<StreamId, Waiters>,
+    /// Streams reset by the peer (or refused) whose handles are still alive: their code.
+    resets: FxHashMap<StreamId, u32>,
+    incoming: std::collections::VecDeque<StreamId>,
+    accept_waker: Option<Waker>,
+    open_wakers: Vec<Waker>,
+    driver_waker: Option<Waker>,
+    /// Set once the driver has stopped; every later operation fails with this.
+    finished: Option<ErrorCode>,
+}
+
+impl Shared {
+    /// Wakes the driver if the session has output waiting.
+    fn kick(&mut self) {
+        if self.session.wants_transmit() {
+            if let Some(w) = self.driver_waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Routes session events to the tasks that wait for them. Wakers are collected and woken
+    /// after the lock is released.
+    fn dispatch_events(&mut self, wake: &mut Vec<Waker>) {
+        while let Some(ev) = self.session.poll_event() {
+            match ev {
+                Event::Opened(id) => {
+                    self.incoming.push_back(id);
+                    wake.extend(self.accept_waker.take());
+                }
+                Event::Readable(id) => {
+                    if let Some(w) = self.waiters.get_mut(&id) {
+                        wake.extend(w.read.take());
+                        self.drop_empty(id);
+                    }
+                }
+                Event::Writable(id) => {
+                    if let Some(w) = self.waiters.get_mut(&id) {
+                        wake.extend(w.write.take());
+                        self.drop_empty(id);
+                    }
+                }
+                Event::Reset { stream, code } => {
+                    self.resets.insert(stream, code);
+                    if let Some(w) = self.waiters.remove(&stream) {
+                        wake.extend(w.read);
+                        wake.extend(w.write);
+                    }
+                }
+                Event::OpenAvailable => wake.append(&mut self.open_wakers),
+                Event::GoAway { .. } => {
+                    // Pending opens now fail with GoingAway.
+                    wake.append(&mut self.open_wakers);
+                }
+                Event::Closed { .. } => self.wake_all(wake),
+            }
+        }
+    }
+
+    fn drop_empty(&mut self, id: StreamId) {
+        if let Some(w) = self.waiters.get(&id) {
+            if w.read.is_none() && w.write.is_none() {
+                self.waiters.remove(&id);
+            }
+        }
+    }
+
+    fn wake_all(&mut self, wake: &mut Vec<Waker>) {
+        for (_, w) in self.waiters.drain() {
+            wake.extend(w.read);
+            wake.extend(w.write);
+        }
+        wake.extend(self.accept_waker.take());
+        wake.append(&mut self.open_wakers);
+    }
+
+    fn closed_code(&self) -> Option<ErrorCode> {
+        self.finished.or_else(|| self.session.is_closed())
+    }
+}
+
+struct Inner {
+    shared: Mutex<Shared>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        // A panic elsewhere while holding the lock leaves the session in a state we still trust
+        // no less than the panicking code did; keep serving instead of cascading panics.
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn closed_error(code: ErrorCode, message: &str) -> io::Error {
+    let kind = match code {
+        ErrorCode::NoError => io::ErrorKind::NotConnected,
+        ErrorCode::KeepaliveTimeout => io::ErrorKind::TimedOut,
+        _ => io::ErrorKind::ConnectionAborted,
+    };
+    if message.is_empty() {
+        io::Error::new(kind, format!("mux session closed: {code}"))
+    } else {
+        io::Error::new(kind, format!("mux session closed: {code}: {message}"))
+    }
+}
+
+fn reset_error(id: StreamId, code: u32) -> io::Error {
+    let kind = if code == super::reset_code::REFUSED {
+        io::ErrorKind::ConnectionRefused
+    } else {
+        io::ErrorKind::ConnectionReset
+    };
+    io::Error::new(kind, format!("stream {id} reset by peer with code {code}"))
+}
+
+/// A handle to a multiplexed connection. Clones share the same session.
+#[derive(Clone)]
+pub struct Connection {
+    inner: Arc<Inner>,
+}
+
+/// The future that moves bytes between the session and the pipe and runs its timers. Spawn it
+/// (or poll it alongside the streams); it completes when the session has ended and its last
+/// bytes are written, with `Ok(())` for a graceful close and an error otherwise.
+pub struct Driver<T> {
+    inner: Arc<Inner>,
+    pipe: T,
+    read_buf: BytesMut,
+    read_done: bool,
+    out: Vec<Bytes>,
+    /// Index of the first chunk of `out` not fully written, and bytes of it already written.
+    out_pos: usize,
+    out_off: usize,
+    sleep: Option<(Instant, Pin<Box<dyn Future<Output = ()> + Send>>)>,
+    pipe_closed: bool,
+}
+
+impl Connection {
+    /// Starts a session of `role` over `pipe`. `cfg` must pass [`Config::validate`].
+    pub fn new<T>(
+        pipe: T,
+        role: Role,
+        cfg: Config,
+        clock: Arc<dyn Clock>,
+    ) -> (Connection, Driver<T>)
+    where
+        T: AsyncRead + AsyncWrite + Unpin,
+    {
+        let now = clock.now();
+        let inner = Arc::new(Inner {
+            shared: Mutex::new(Shared {
+                session: Session::new(role, cfg, now),
+                waiters: FxHashMap::default(),
+                resets: FxHashMap::default(),
+                incoming: Default::default(),
+                accept_waker: None,
+                open_wakers: Vec::new(),
+                driver_waker: None,
+                finished: None,
+            }),
+            clock,
+        });
+        let driver = Driver {
+            inner: inner.clone(),
+            pipe,
+            read_buf: BytesMut::new(),
+            read_done: false,
+            out: Vec::new(),
+            out_pos: 0,
+            out_off: 0,
+            sleep: None,
+            pipe_closed: false,
+        };
+        (Connection { inner }, driver)
+    }
+
+    /// Opens a stream, waiting while the peer's stream limit is reached. Data written at once
+    /// leaves together with the open (0-RTT).
+    pub fn open(&self) -> impl Future<Output = io::Result<Stream>> + '_ {
+        std::future::poll_fn(move |cx| self.poll_open(cx))
+    }
+
+    /// Poll form of [`Connection::open`].
+    pub fn poll_open(&self, cx: &mut Context<'_>) -> Poll<io::Result<Stream>> {
+        let now = self.inner.clock.now();
+        let mut sh = self.inner.lock();
+        if let Some(code) = sh.finished {
+            return Poll::Ready(Err(closed_error(code, "")));
+        }
+        match sh.session.open(now) {
+            Ok(id) => {
+                sh.kick();
+                Poll::Ready(Ok(Stream::new(id, self.inner.clone())))
+            }
+            Err(OpenError::Limit) => {
+                if !sh.open_wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                    sh.open_wakers.push(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+            Err(OpenError::GoingAway) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "mux session is going away; open a new one",
+            ))),
+            Err(OpenError::IdsExhausted) => Poll::Ready(Err(io::Error::other(
+                "mux stream ids exhausted; open a new session",
+            ))),
+            Err(OpenError::Closed(code)) => {
+                let msg = sh.session.close_message();
+                Poll::Ready(Err(closed_error(code, &msg)))
+            }
+        }
+    }
+
+    /// The next stream the peer opened; `None` once the session has ended.
+    pub fn accept(&self) -> impl Future<Output = Option<Stream>> + '_ {
+        std::future::poll_fn(move |cx| self.poll_accept(cx))
+    }
+
+    /// Poll form of [`Connection::accept`].
+    pub fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<Option<Stream>> {
+        let mut sh = self.inner.lock();
+        if let Some(id) = sh.incoming.pop_front() {
+            return Poll::Ready(Some(Stream::new(id, self.inner.clone())));
+        }
+        if sh.closed_code().is_some() {
+            return Poll::Ready(None);
+        }
+        sh.accept_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// Starts a graceful drain (GOAWAY): no new streams, open ones finish, then the session ends.
+    pub fn go_away(&self) {
+        let mut sh = self.inner.lock();
+        sh.session.go_away();
+        let mut wake = Vec::new();
+        sh.dispatch_events(&mut wake);
+        sh.kick();
+        drop(sh);
+        wake.into_iter().for_each(Waker::wake);
+    }
+
+    /// Ends the session at once, telling the peer `code` and `message`.
+    pub fn close(&self, code: ErrorCode, message: &str) {
+        let mut sh = self.inner.lock();
+        sh.session.close(code, message);
+        let mut wake = Vec::new();
+        sh.dispatch_events(&mut wake);
+        wake.extend(sh.driver_waker.take());
+        drop(sh);
+        wake.into_iter().for_each(Waker::wake);
+    }
+
+    /// The session's counters.
+    pub fn stats(&self) -> Stats {
+        self.inner.lock().session.stats()
+    }
+
+    /// The code the session ended with, once it has.
+    pub fn closed(&self) -> Option<ErrorCode> {
+        self.inner.lock().closed_code()
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
+    /// Reads what the pipe has now and feeds it to the session. Returns whether anything moved.
+    fn pump_input(&mut self, cx: &mut Context<'_>, wake: &mut Vec<Waker>) -> bool {
+        if self.read_done {
+            return false;
+        }
+        // One zeroed block serves several reads; received payloads keep slices of it.
+        if self.read_buf.len() < READ_CHUNK / 4 {
+            self.read_buf = BytesMut::zeroed(READ_CHUNK);
+        }
+        match Pin::new(&mut self.pipe).poll_read(cx, &mut self.read_buf) {
+            Poll::Pending => false,
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                self.read_done = true;
+                let now = self.inner.clock.now();
+                let mut sh = self.inner.lock();
+                sh.session.handle_eof(now);
+                sh.dispatch_events(wake);
+                true
+            }
+            Poll::Ready(Ok(n)) => {
+                let data = self.read_buf.split_to(n).freeze();
+                let now = self.inner.clock.now();
+                let mut sh = self.inner.lock();
+                sh.session.handle_input(data, now);
+                sh.dispatch_events(wake);
+                true
+            }
+        }
+    }
+
+    /// Writes pending output, refilling it from the session. Returns whether anything moved,
+    /// or the pipe's write error.
+    fn pump_output(&mut self, cx: &mut Context<'_>, wake: &mut Vec<Waker>) -> io::Result<bool> {
+        let mut moved = false;
+        loop {
+            if self.out_pos == self.out.len() {
+                self.out.clear();
+                self.out_pos = 0;
+                self.out_off = 0;
+                let now = self.inner.clock.now();
+                let mut sh = self.inner.lock();
+                let n = sh.session.poll_transmit(now, &mut self.out, WRITE_BATCH);
+                // Emitting data returns send buffer room: writers may be waiting for it.
+                sh.dispatch_events(wake);
+                drop(sh);
+                if n == 0 {
+                    self.out.clear();
+                    // Nothing to send: push what was written out of any pipe buffer.
+                    if moved {
+                        if let Poll::Ready(Err(e)) = Pin::new(&mut self.pipe).poll_flush(cx) {
+                            return Err(e);
+                        }
+                    }
+                    return Ok(moved);
+                }
+            }
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut k = 0;
+            for (i, chunk) in self.out[self.out_pos..].iter().enumerate() {
+                if k == MAX_IOVECS {
+                    break;
+                }
+                let skip = if i == 0 { self.out_off } else { 0 };
+                if chunk.len() > skip {
+                    slices[k] = IoSlice::new(&chunk[skip..]);
+                    k += 1;
+                }
+            }
+            if k == 0 {
+                self.out_pos = self.out.len();
+                continue;
+            }
+            match Pin::new(&mut self.pipe).poll_write_vectored(cx, &slices[..k]) {
+                Poll::Pending => return Ok(moved),
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Ready(Ok(0)) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "the pipe accepted no bytes",
+                    ))
+                }
+                Poll::Ready(Ok(mut n)) => {
+                    moved = true;
+                    while n > 0 {
+                        let left = self.out[self.out_pos].len() - self.out_off;
+                        if n >= left {
+                            n -= left;
+                            self.out_pos += 1;
+                            self.out_off = 0;
+                        } else {
+                            self.out_off += n;
+                            n = 0;
+                        }
+                    }
+                    // Skip empty chunks so `out_pos == len` means "all written".
+                    while self.out_pos < self.out.len()
+                        && self.out[self.out_pos].len() == self.out_off
+                    {
+                        self.out_pos += 1;
+                        self.out_off = 0;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs due timers and arms the sleep for the next one. Returns whether a timer fired.
+    fn pump_timers(&mut self, cx: &mut Context<'_>, wake: &mut Vec<Waker>) -> bool {
+        let now = self.inner.clock.now();
+        let mut sh = self.inner.lock();
+        let Some(deadline) = sh.session.poll_timeout() else {
+            self.sleep = None;
+            return false;
+        };
+        if now >= deadline {
+            sh.session.handle_timeout(now);
+            sh.dispatch_events(wake);
+            return true;
+        }
+        drop(sh);
+        if self.sleep.as_ref().map(|(d, _)| *d) != Some(deadline) {
+            self.sleep = Some((deadline, self.inner.clock.sleep_until(deadline)));
+        }
+        let (_, sleep) = self.sleep.as_mut().expect("armed");
+        if sleep.as_mut().poll(cx).is_ready() {
+            self.sleep = None;
+            return true;
+        }
+        false
+    }
+
+    fn finish(&mut self, result: Result<(), ErrorCode>, wake: &mut Vec<Waker>) {
+        let mut sh = self.inner.lock();
+        let code = match result {
+            Ok(()) => ErrorCode::NoError,
+            Err(c) => c,
+        };
+        if sh.finished.is_none() {
+            sh.finished = Some(code);
+        }
+        sh.wake_all(wake);
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
+    type Output = io::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let mut wake = Vec::new();
+        let mut rounds = 0;
+        let result = loop {
+            if this.pipe_closed {
+                break None;
+            }
+            let mut moved = this.pump_input(cx, &mut wake);
+            match this.pump_output(cx, &mut wake) {
+                Ok(m) => moved |= m,
+                Err(e) => {
+                    let now = this.inner.clock.now();
+                    let mut sh = this.inner.lock();
+                    sh.session.handle_eof(now);
+                    sh.dispatch_events(&mut wake);
+                    drop(sh);
+                    this.finish(Err(ErrorCode::Transport), &mut wake);
+                    break Some(Err(e));
+                }
+            }
+            moved |= this.pump_timers(cx, &mut wake);
+            // Wake tasks now, not at the end: they may run on other threads meanwhile.
+            wake.drain(..).for_each(Waker::wake);
+
+            let closed = this.inner.lock().session.is_closed();
+            if let Some(code) = closed {
+                if this.out_pos == this.out.len() && !this.inner.lock().session.wants_transmit() {
+                    // Last bytes (the GOAWAY) are out: close the pipe and report.
+                    match Pin::new(&mut this.pipe).poll_close(cx) {
+                        Poll::Pending => {}
+                        Poll::Ready(_) => {
+                            this.pipe_closed = true;
+                            let msg = this.inner.lock().session.close_message();
+                            let r = if code == ErrorCode::NoError {
+                                Ok(())
+                            } else {
+                                Err(code)
+                            };
+                            this.finish(r, &mut wake);
+                            break Some(r.map_err(|c| closed_error(c, &msg)));
+                        }
+                    }
+                }
+            }
+            if !moved {
+                let mut sh = this.inner.lock();
+                sh.driver_waker = Some(cx.waker().clone());
+                // Output may have been queued between the last transmit and now.
+                if !sh.session.wants_transmit() || this.out_pos < this.out.len() {
+                    return Poll::Pending;
+                }
+                sh.driver_waker = None;
+            }
+            rounds += 1;
+            if rounds >= ROUNDS_BEFORE_YIELD {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+        };
+        wake.into_iter().for_each(Waker::wake);
+        match result {
+            Some(r) => Poll::Ready(r),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// One multiplexed byte stream. Dropping it finishes the sending side (queued bytes still
+/// leave) and discards whatever arrives later; [`Stream::reset`] aborts instead.
+pub struct Stream {
+    id: StreamId,
+    inner: Arc<Inner>,
+    /// Set by [`Stream::reset`] so that drop does not detach a stream already gone.
+    released: bool,
+}
+
+impl Stream {
+    fn new(id: StreamId, inner: Arc<Inner>) -> Stream {
+        Stream {
+            id,
+            inner,
+            released: false,
+        }
+    }
+
+    /// The stream id (odd: opened by the client side, even: by the server side).
+    pub fn id(&self) -> StreamId {
+        self.id
+    }
+
+    /// Aborts both directions, telling the peer `code`.
+    pub fn reset(mut self, code: u32) {
+        self.released = true;
+        let mut sh = self.inner.lock();
+        if sh.resets.remove(&self.id).is_none() {
+            let _ = sh.session.reset(self.id, code);
+        }
+        sh.waiters.remove(&self.id);
+        sh.kick();
+    }
+
+    fn error(&self, sh: &Shared, e: StreamError) -> io::Error {
+        match e {
+            StreamError::SessionClosed(code) => closed_error(code, &sh.session.close_message()),
+            StreamError::Finished => {
+                io::Error::new(io::ErrorKind::BrokenPipe, "stream already finished")
+            }
+            StreamError::UnknownStream | StreamError::Blocked => match sh.resets.get(&self.id) {
+                Some(code) => reset_error(self.id, *code),
+                None => match sh.finished {
+                    Some(code) => closed_error(code, ""),
+                    None => io::Error::new(io::ErrorKind::NotConnected, "stream is closed"),
+                },
+            },
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut sh = self.inner.lock();
+        if let Some(code) = sh.resets.get(&self.id) {
+            return Poll::Ready(Err(reset_error(self.id, *code)));
+        }
+        match sh.session.read(self.id, buf) {
+            Ok(n) => {
+                // Reading may return credit to the peer.
+                sh.kick();
+                Poll::Ready(Ok(n))
+            }
+            Err(StreamError::Blocked) => {
+                if let Some(code) = sh.finished {
+                    return Poll::Ready(Err(closed_error(code, "")));
+                }
+                sh.waiters.entry(self.id).or_default().read = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            // After the local FIN was sent and the peer's FIN read, the stream is gone: EOF.
+            Err(StreamError::UnknownStream) if !sh.resets.contains_key(&self.id) => {
+                if sh.finished.is_some() || sh.session.is_closed().is_some() {
+                    Poll::Ready(Err(self.error(&sh, StreamError::UnknownStream)))
+                } else {
+                    Poll::Ready(Ok(0))
+                }
+            }
+            Err(e) => Poll::Ready(Err(self.error(&sh, e))),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut sh = self.inner.lock();
+        if let Some(code) = sh.resets.get(&self.id) {
+            return Poll::Ready(Err(reset_error(self.id, *code)));
+        }
+        match sh.session.write(self.id, buf) {
+            Ok(n) => {
+                sh.kick();
+                Poll::Ready(Ok(n))
+            }
+            Err(StreamError::Blocked) => {
+                if let Some(code) = sh.finished {
+                    return Poll::Ready(Err(closed_error(code, "")));
+                }
+                sh.waiters.entry(self.id).or_default().write = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            Err(StreamError::UnknownStream) if !sh.resets.contains_key(&self.id) => {
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "stream already finished",
+                )))
+            }
+            Err(e) => Poll::Ready(Err(self.error(&sh, e))),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Written bytes are in the session's queue; the driver sends them without further help.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut sh = self.inner.lock();
+        if let Some(code) = sh.resets.get(&self.id) {
+            return Poll::Ready(Err(reset_error(self.id, *code)));
+        }
+        match sh.session.finish(self.id) {
+            // Finishing twice, or after the stream completed, is a no-op for close().
+            Ok(()) | Err(StreamError::Finished) | Err(StreamError::UnknownStream) => {
+                sh.kick();
+                Poll::Ready(Ok(()))
+            }
+            Err(e) => Poll::Ready(Err(self.error(&sh, e))),
+        }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        let mut sh = self.inner.lock();
+        sh.waiters.remove(&self.id);
+        if sh.resets.remove(&self.id).is_none() {
+            sh.session.detach(self.id);
+        }
+        sh.kick();
+    }
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream").field("id", &self.id).finish()
+    }
+}

@@ -1,0 +1,351 @@
+//! The async adapter runs a session over real byte pipes under two different executors: tokio
+//! (over loopback TCP) and `futures::executor` (over an in-memory duplex pipe with its own
+//! wakers). Nothing here depends on tokio inside the adapter; the tests prove it.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use futures::io::{AsyncReadExt, AsyncWriteExt};
+use futures::task::SpawnExt;
+use svcnet_core::mux::adapter::{Clock, Connection, Stream};
+use svcnet_core::mux::{Config, Role};
+use svcnet_core::time::Instant;
+
+// ---- clocks ---------------------------------------------------------------------------------
+
+struct TokioClock(std::time::Instant);
+
+impl Clock for TokioClock {
+    fn now(&self) -> Instant {
+        Instant::from_micros(self.0.elapsed().as_micros() as u64)
+    }
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let at = self.0 + Duration::from_micros(deadline.as_micros());
+        Box::pin(tokio::time::sleep_until(at.into()))
+    }
+}
+
+struct TimerClock(std::time::Instant);
+
+impl Clock for TimerClock {
+    fn now(&self) -> Instant {
+        Instant::from_micros(self.0.elapsed().as_micros() as u64)
+    }
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let wait = deadline - self.now();
+        Box::pin(futures_timer::Delay::new(wait))
+    }
+}
+
+// ---- an in-memory duplex pipe, executor-agnostic ----------------------------------------------
+
+#[derive(Default)]
+struct HalfState {
+    buf: VecDeque<u8>,
+    closed: bool,
+    reader: Option<Waker>,
+    writer: Option<Waker>,
+}
+
+const PIPE_CAPACITY: usize = 64 * 1024;
+
+struct PipeEnd {
+    rx: Arc<Mutex<HalfState>>,
+    tx: Arc<Mutex<HalfState>>,
+}
+
+fn duplex() -> (PipeEnd, PipeEnd) {
+    let a = Arc::new(Mutex::new(HalfState::default()));
+    let b = Arc::new(Mutex::new(HalfState::default()));
+    (
+        PipeEnd {
+            rx: a.clone(),
+            tx: b.clone(),
+        },
+        PipeEnd { rx: b, tx: a },
+    )
+}
+
+impl futures::io::AsyncRead for PipeEnd {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut h = self.rx.lock().unwrap();
+        if h.buf.is_empty() {
+            if h.closed {
+                return Poll::Ready(Ok(0));
+            }
+            h.reader = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let n = out.len().min(h.buf.len());
+        for (i, b) in h.buf.drain(..n).enumerate() {
+            out[i] = b;
+        }
+        if let Some(w) = h.writer.take() {
+            w.wake();
+        }
+        Poll::Ready(Ok(n))
+    }
+}
+
+impl futures::io::AsyncWrite for PipeEnd {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut h = self.tx.lock().unwrap();
+        if h.closed {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        let room = PIPE_CAPACITY - h.buf.len();
+        if room == 0 {
+            h.writer = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let n = room.min(data.len());
+        h.buf.extend(&data[..n]);
+        if let Some(w) = h.reader.take() {
+            w.wake();
+        }
+        Poll::Ready(Ok(n))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut h = self.tx.lock().unwrap();
+        h.closed = true;
+        if let Some(w) = h.reader.take() {
+            w.wake();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+// ---- shared scenario --------------------------------------------------------------------------
+
+fn pattern(len: usize, salt: u32) -> Vec<u8> {
+    let mut x = salt.wrapping_mul(0x9e37_79b9) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// Server side: echo every accepted stream back, upper half-closing after the client's FIN.
+async fn echo_server(conn: Connection) -> usize {
+    let mut served = 0;
+    let mut tasks = Vec::new();
+    while let Some(stream) = conn.accept().await {
+        served += 1;
+        tasks.push(echo(stream));
+        if served == STREAMS {
+            break;
+        }
+    }
+    futures::future::join_all(tasks).await;
+    served
+}
+
+async fn echo(mut stream: Stream) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let n = stream.read(&mut buf).await.expect("server read");
+        if n == 0 {
+            break;
+        }
+        stream.write_all(&buf[..n]).await.expect("server write");
+    }
+    stream.close().await.expect("server close");
+}
+
+const STREAMS: usize = 16;
+const BYTES_PER_STREAM: usize = 300_000;
+
+/// Client side: STREAMS concurrent streams, each writes its pattern, half-closes, and reads the
+/// echo to EOF while writing (so windows and backpressure are exercised both ways).
+async fn client_run(conn: Connection) {
+    let mut tasks = Vec::new();
+    for i in 0..STREAMS {
+        let conn = conn.clone();
+        tasks.push(async move {
+            let stream = conn.open().await.expect("open");
+            let data = pattern(BYTES_PER_STREAM, i as u32);
+            let (mut rd, mut wr) = stream.split();
+            let sender = async {
+                for chunk in data.chunks(7_777) {
+                    wr.write_all(chunk).await.expect("client write");
+                }
+                wr.close().await.expect("client close");
+            };
+            let receiver = async {
+                let mut got = Vec::new();
+                rd.read_to_end(&mut got).await.expect("client read");
+                got
+            };
+            let ((), got) = futures::join!(sender, receiver);
+            assert_eq!(got.len(), data.len(), "stream {i} length");
+            assert!(got == data, "stream {i} bytes differ");
+        });
+    }
+    futures::future::join_all(tasks).await;
+}
+
+#[test]
+fn echo_over_loopback_tcp_under_tokio() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use tokio_util::compat::TokioAsyncReadCompatExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let base = std::time::Instant::now();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            tcp.set_nodelay(true).unwrap();
+            let (conn, driver) = Connection::new(
+                tcp.compat(),
+                Role::Server,
+                Config::default(),
+                Arc::new(TokioClock(base)),
+            );
+            let d = tokio::spawn(driver);
+            let served = echo_server(conn.clone()).await;
+            (served, conn, d)
+        });
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let (conn, driver) = Connection::new(
+            tcp.compat(),
+            Role::Client,
+            Config::default(),
+            Arc::new(TokioClock(base)),
+        );
+        let client_driver = tokio::spawn(driver);
+        client_run(conn.clone()).await;
+        let (served, server_conn, server_driver) = server.await.unwrap();
+        assert_eq!(served, STREAMS);
+        // Graceful end: GOAWAY from the client, both drivers finish cleanly.
+        conn.go_away();
+        let r = tokio::time::timeout(Duration::from_secs(10), client_driver)
+            .await
+            .expect("client driver ends after GOAWAY");
+        r.unwrap().expect("graceful close");
+        let r = tokio::time::timeout(Duration::from_secs(10), server_driver)
+            .await
+            .expect("server driver ends after GOAWAY");
+        r.unwrap().expect("graceful close");
+        assert_eq!(server_conn.stats().streams_opened_remote, STREAMS as u64);
+        assert_eq!(server_conn.stats().streams, 0);
+    });
+}
+
+#[test]
+fn echo_over_in_memory_pipe_under_futures_executor() {
+    let pool = futures::executor::ThreadPool::builder()
+        .pool_size(2)
+        .create()
+        .unwrap();
+    let (a, b) = duplex();
+    let base = std::time::Instant::now();
+    let (client, client_driver) = Connection::new(
+        a,
+        Role::Client,
+        Config::default(),
+        Arc::new(TimerClock(base)),
+    );
+    let (server, server_driver) = Connection::new(
+        b,
+        Role::Server,
+        Config::default(),
+        Arc::new(TimerClock(base)),
+    );
+    let cd = pool.spawn_with_handle(client_driver).unwrap();
+    let sd = pool.spawn_with_handle(server_driver).unwrap();
+    let srv = pool.spawn_with_handle(echo_server(server.clone())).unwrap();
+    futures::executor::block_on(async {
+        client_run(client.clone()).await;
+        assert_eq!(srv.await, STREAMS);
+        // Closing with an error code ends both sides; the peer learns the code.
+        client.close(svcnet_core::mux::ErrorCode::Protocol, "test is over");
+        let client_result = cd.await;
+        assert!(client_result.is_err());
+        let server_result = sd.await;
+        let err = server_result.expect_err("server sees the error close");
+        assert!(err.to_string().contains("PROTOCOL_ERROR"), "{err}");
+        assert!(server.closed().is_some());
+        assert!(server.accept().await.is_none(), "no streams after close");
+    });
+}
+
+#[test]
+fn reset_and_refusal_surface_as_io_errors() {
+    let pool = futures::executor::ThreadPool::builder()
+        .pool_size(2)
+        .create()
+        .unwrap();
+    let (a, b) = duplex();
+    let base = std::time::Instant::now();
+    let server_cfg = Config {
+        max_incoming_streams: 1,
+        ..Config::default()
+    };
+    let (client, cd) = Connection::new(
+        a,
+        Role::Client,
+        Config::default(),
+        Arc::new(TimerClock(base)),
+    );
+    let (server, sd) = Connection::new(b, Role::Server, server_cfg, Arc::new(TimerClock(base)));
+    pool.spawn(async move {
+        let _ = cd.await;
+    })
+    .unwrap();
+    pool.spawn(async move {
+        let _ = sd.await;
+    })
+    .unwrap();
+    futures::executor::block_on(async {
+        let mut first = client.open().await.unwrap();
+        first.write_all(b"hello").await.unwrap();
+        let mut accepted = server.accept().await.unwrap();
+        let mut buf = [0u8; 5];
+        accepted.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"hello");
+        // A second concurrent stream is over the server's limit: refused, session lives.
+        let mut second = client.open().await.unwrap();
+        second.write_all(b"x").await.unwrap();
+        let err = second.read(&mut buf).await.expect_err("refused");
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{err}");
+        // The server resets the first stream with an application code.
+        accepted.reset(0x1234);
+        let err = first.read(&mut buf).await.expect_err("reset");
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+        assert!(err.to_string().contains(&0x1234.to_string()), "{err}");
+        // The session still works.
+        let mut third = client.open().await.unwrap();
+        third.write_all(b"again").await.unwrap();
+        third.close().await.unwrap();
+        let mut s = server.accept().await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"again");
+        assert!(client.closed().is_none());
+    });
+}
