@@ -1,1 +1,497 @@
-fn main() {}
+//! The multiplexer benchmark: svcnet's mux against raw TCP and rust-yamux over real loopback TCP
+//! under tokio, plus stream-open scaling and idle memory.
+//!
+//! Usage: `bench-mux [--quick]`. Figures are printed as `key=value`; ratios are medians of
+//! per-round ratios, each round measuring the baseline and the contenders back to back.
+
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::{Duration, Instant as StdInstant};
+
+use futures::io::{AsyncReadExt, AsyncWriteExt};
+use svcnet_bench::{median, report, CountingAlloc, TokioClock};
+use svcnet_core::mux::adapter::{Connection, Stream};
+use svcnet_core::mux::{Config, Role, Session};
+use svcnet_core::time::Instant;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::compat::TokioAsyncReadCompatExt;
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+const CHUNK: usize = 64 * 1024;
+
+struct Scale {
+    rounds: usize,
+    one_stream_bytes: usize,
+    many_streams: usize,
+    many_stream_bytes: usize,
+    open_batch: usize,
+    big_open: usize,
+    idle_streams: usize,
+}
+
+impl Scale {
+    fn full() -> Scale {
+        Scale {
+            rounds: 5,
+            one_stream_bytes: 1 << 30,
+            many_streams: 100,
+            many_stream_bytes: 8 << 20,
+            open_batch: 50_000,
+            big_open: 1_000_000,
+            idle_streams: 1_000_000,
+        }
+    }
+    fn quick() -> Scale {
+        Scale {
+            rounds: 1,
+            one_stream_bytes: 32 << 20,
+            many_streams: 100,
+            many_stream_bytes: 256 << 10,
+            open_batch: 5_000,
+            big_open: 50_000,
+            idle_streams: 50_000,
+        }
+    }
+}
+
+fn mux_config(max_streams: u32) -> Config {
+    Config {
+        max_incoming_streams: max_streams,
+        ..Config::default()
+    }
+}
+
+async fn tcp_pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("addr");
+    let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
+    let a = a.expect("connect");
+    let (b, _) = b.expect("accept");
+    a.set_nodelay(true).expect("nodelay");
+    b.set_nodelay(true).expect("nodelay");
+    (a, b)
+}
+
+async fn mux_pair(max_streams: u32) -> (Connection, Connection) {
+    let (a, b) = tcp_pair().await;
+    let clock = Arc::new(TokioClock::new());
+    let (client, cd) = Connection::new(
+        a.compat(),
+        Role::Client,
+        mux_config(max_streams),
+        clock.clone(),
+    );
+    let (server, sd) = Connection::new(b.compat(), Role::Server, mux_config(max_streams), clock);
+    tokio::spawn(cd);
+    tokio::spawn(sd);
+    (client, server)
+}
+
+/// Reads a futures-io stream to its end, returning the byte count.
+async fn sink_futures<R: futures::io::AsyncRead + Unpin>(mut r: R) -> usize {
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0;
+    loop {
+        let n = r.read(&mut buf).await.expect("read");
+        if n == 0 {
+            return total;
+        }
+        total += n;
+    }
+}
+
+async fn send_futures<W: futures::io::AsyncWrite + Unpin>(mut w: W, bytes: usize) {
+    let buf = vec![0x5au8; CHUNK];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(CHUNK);
+        w.write_all(&buf[..n]).await.expect("write");
+        left -= n;
+    }
+    w.close().await.expect("close");
+}
+
+/// Gbit/s for `bytes` in `d`.
+fn gbps(bytes: usize, d: Duration) -> f64 {
+    bytes as f64 * 8.0 / d.as_secs_f64() / 1e9
+}
+
+// ---- raw TCP -----------------------------------------------------------------------------------
+
+async fn raw_tcp(streams: usize, bytes_each: usize) -> f64 {
+    let mut pairs = Vec::new();
+    for _ in 0..streams {
+        pairs.push(tcp_pair().await);
+    }
+    let start = StdInstant::now();
+    let mut tasks = Vec::new();
+    for (mut a, mut b) in pairs {
+        tasks.push(tokio::spawn(async move {
+            let buf = vec![0x5au8; CHUNK];
+            let mut left = bytes_each;
+            while left > 0 {
+                let n = left.min(CHUNK);
+                a.write_all(&buf[..n]).await.expect("write");
+                left -= n;
+            }
+            a.shutdown().await.expect("shutdown");
+        }));
+        tasks.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; CHUNK];
+            let mut total = 0;
+            loop {
+                let n = b.read(&mut buf).await.expect("read");
+                if n == 0 {
+                    break;
+                }
+                total += n;
+            }
+            assert_eq!(total, bytes_each);
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    gbps(streams * bytes_each, start.elapsed())
+}
+
+// ---- svcnet mux --------------------------------------------------------------------------------
+
+async fn mux_throughput(streams: usize, bytes_each: usize) -> f64 {
+    let (client, server) = mux_pair(1024).await;
+    let receiver = tokio::spawn(async move {
+        let mut tasks = Vec::new();
+        for _ in 0..streams {
+            let s = server.accept().await.expect("accept");
+            tasks.push(tokio::spawn(sink_futures(s)));
+        }
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.expect("sink");
+        }
+        total
+    });
+    let start = StdInstant::now();
+    let mut senders = Vec::new();
+    for _ in 0..streams {
+        let s = client.open().await.expect("open");
+        senders.push(tokio::spawn(send_futures(s, bytes_each)));
+    }
+    for s in senders {
+        s.await.expect("sender");
+    }
+    let total = receiver.await.expect("receiver");
+    let elapsed = start.elapsed();
+    assert_eq!(total, streams * bytes_each);
+    client.close(svcnet_core::mux::ErrorCode::NoError, "done");
+    gbps(total, elapsed)
+}
+
+// ---- rust-yamux --------------------------------------------------------------------------------
+
+type YamuxOpen = tokio::sync::oneshot::Sender<yamux::Stream>;
+
+/// Drives a yamux client connection; open requests arrive on `rx`.
+async fn yamux_client_driver(
+    mut conn: yamux::Connection<tokio_util::compat::Compat<TcpStream>>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<YamuxOpen>,
+) {
+    let mut pending: Option<YamuxOpen> = None;
+    poll_fn(|cx| loop {
+        if pending.is_none() {
+            if let Poll::Ready(Some(tx)) = rx.poll_recv(cx) {
+                pending = Some(tx);
+            }
+        }
+        if let Some(tx) = pending.take() {
+            match conn.poll_new_outbound(cx) {
+                Poll::Ready(Ok(s)) => {
+                    let _ = tx.send(s);
+                    continue;
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Pending => pending = Some(tx),
+            }
+        }
+        match conn.poll_next_inbound(cx) {
+            Poll::Ready(Some(Ok(_))) => continue,
+            Poll::Ready(_) => return Poll::Ready(()),
+            Poll::Pending => return Poll::Pending,
+        }
+    })
+    .await
+}
+
+async fn yamux_throughput(streams: usize, bytes_each: usize) -> f64 {
+    let (a, b) = tcp_pair().await;
+    let client = yamux::Connection::new(a.compat(), yamux::Config::default(), yamux::Mode::Client);
+    let mut server =
+        yamux::Connection::new(b.compat(), yamux::Config::default(), yamux::Mode::Server);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(yamux_client_driver(client, rx));
+    let total = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(tokio::sync::Notify::new());
+    {
+        let total = total.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let finished = Arc::new(AtomicUsize::new(0));
+            poll_fn(|cx| loop {
+                match server.poll_next_inbound(cx) {
+                    Poll::Ready(Some(Ok(s))) => {
+                        let total = total.clone();
+                        let done = done.clone();
+                        let finished = finished.clone();
+                        tokio::spawn(async move {
+                            let n = sink_futures(s).await;
+                            total.fetch_add(n, Ordering::SeqCst);
+                            if finished.fetch_add(1, Ordering::SeqCst) + 1 == streams {
+                                done.notify_one();
+                            }
+                        });
+                    }
+                    Poll::Ready(_) => return Poll::Ready(()),
+                    Poll::Pending => return Poll::Pending,
+                }
+            })
+            .await
+        });
+    }
+    let start = StdInstant::now();
+    let mut senders = Vec::new();
+    for _ in 0..streams {
+        let (otx, orx) = tokio::sync::oneshot::channel();
+        tx.send(otx).expect("yamux driver alive");
+        let s = orx.await.expect("yamux open");
+        senders.push(tokio::spawn(send_futures(s, bytes_each)));
+    }
+    for s in senders {
+        s.await.expect("sender");
+    }
+    done.notified().await;
+    let elapsed = start.elapsed();
+    assert_eq!(total.load(Ordering::SeqCst), streams * bytes_each);
+    gbps(streams * bytes_each, elapsed)
+}
+
+// ---- stream opening at scale -------------------------------------------------------------------
+
+struct Accepted {
+    held: Mutex<Vec<Stream>>,
+    count: AtomicUsize,
+    notify: tokio::sync::Notify,
+}
+
+async fn wait_accepted(acc: &Accepted, target: usize) {
+    loop {
+        let notified = acc.notify.notified();
+        if acc.count.load(Ordering::SeqCst) >= target {
+            return;
+        }
+        notified.await;
+    }
+}
+
+/// Opens `batch` streams on top of those already open and returns opens per second, counted
+/// until the server has accepted every one. The batch stays open; returns its handles.
+async fn open_batch(client: &Connection, acc: &Accepted, batch: usize) -> (f64, Vec<Stream>) {
+    let target = acc.count.load(Ordering::SeqCst) + batch;
+    let start = StdInstant::now();
+    let mut held = Vec::with_capacity(batch);
+    for _ in 0..batch {
+        held.push(client.open().await.expect("open"));
+    }
+    wait_accepted(acc, target).await;
+    (batch as f64 / start.elapsed().as_secs_f64(), held)
+}
+
+/// Closes the last `n` streams on both sides and waits until their state is gone.
+async fn close_batch(client: &Connection, server: &Connection, acc: &Accepted, mine: Vec<Stream>) {
+    let n = mine.len();
+    drop(mine);
+    {
+        let mut held = acc.held.lock().unwrap();
+        let keep = held.len() - n;
+        held.truncate(keep);
+    }
+    acc.count.fetch_sub(n, Ordering::SeqCst);
+    let expect = acc.count.load(Ordering::SeqCst);
+    for _ in 0..10_000 {
+        if client.stats().streams == expect && server.stats().streams == expect {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!("closed streams did not go away");
+}
+
+async fn open_scaling(scale: &Scale) -> (f64, f64, usize) {
+    let max = (scale.big_open + 2 * scale.open_batch) as u32;
+    let (client, server) = mux_pair(max).await;
+    let acc = Arc::new(Accepted {
+        held: Mutex::new(Vec::new()),
+        count: AtomicUsize::new(0),
+        notify: tokio::sync::Notify::new(),
+    });
+    {
+        let acc = acc.clone();
+        let server = server.clone();
+        tokio::spawn(async move {
+            while let Some(s) = server.accept().await {
+                acc.held.lock().unwrap().push(s);
+                acc.count.fetch_add(1, Ordering::SeqCst);
+                acc.notify.notify_waiters();
+            }
+        });
+    }
+    // 1 k open, then a measured batch.
+    let (_, base) = open_batch(&client, &acc, 1_000).await;
+    let mut small = Vec::new();
+    for _ in 0..scale.rounds.max(3) {
+        let (rate, batch) = open_batch(&client, &acc, scale.open_batch).await;
+        small.push(rate);
+        close_batch(&client, &server, &acc, batch).await;
+    }
+    // Up to 1 M open, then the same measured batch.
+    let mut bulk = vec![base];
+    let mut open_now = 1_000;
+    while open_now < scale.big_open {
+        let step = (scale.big_open - open_now).min(100_000);
+        let (_, b) = open_batch(&client, &acc, step).await;
+        bulk.push(b);
+        open_now += step;
+    }
+    let mut large = Vec::new();
+    for _ in 0..scale.rounds.max(3) {
+        let (rate, batch) = open_batch(&client, &acc, scale.open_batch).await;
+        large.push(rate);
+        close_batch(&client, &server, &acc, batch).await;
+    }
+    let concurrent = server.stats().streams;
+    // Data still flows with all of them open.
+    let mut s = client.open().await.expect("open at scale");
+    s.write_all(b"ping").await.expect("write");
+    s.close().await.expect("close");
+    wait_accepted(&acc, open_now + 1).await;
+    let mut last = acc.held.lock().unwrap().pop().expect("accepted");
+    let mut got = Vec::new();
+    last.read_to_end(&mut got).await.expect("read");
+    assert_eq!(got, b"ping");
+    client.close(svcnet_core::mux::ErrorCode::NoError, "done");
+    drop(bulk);
+    (median(&small), median(&large), concurrent)
+}
+
+// ---- idle memory (sans-IO, exact) --------------------------------------------------------------
+
+/// Heap bytes per idle open stream per endpoint: both ends of a session, opened in batches as
+/// an application would, with all frames delivered.
+fn idle_stream_bytes(streams: usize) -> f64 {
+    let now = Instant::ZERO;
+    let cfg = mux_config(streams as u32 + 1);
+    let mut client = Session::new(Role::Client, cfg.clone(), now);
+    let mut server = Session::new(Role::Server, cfg, now);
+    let mut out = Vec::new();
+    let mut shuttle = |client: &mut Session, server: &mut Session| loop {
+        out.clear();
+        let mut moved = client.poll_transmit(now, &mut out, usize::MAX) > 0;
+        for b in out.drain(..) {
+            server.handle_input(b, now);
+        }
+        moved |= server.poll_transmit(now, &mut out, usize::MAX) > 0;
+        for b in out.drain(..) {
+            client.handle_input(b, now);
+        }
+        while client.poll_event().is_some() {}
+        while server.poll_event().is_some() {}
+        if !moved {
+            break;
+        }
+    };
+    shuttle(&mut client, &mut server);
+    let before = CountingAlloc::live_bytes();
+    let mut opened = 0;
+    while opened < streams {
+        for _ in 0..1000.min(streams - opened) {
+            client.open(now).expect("open");
+            opened += 1;
+        }
+        shuttle(&mut client, &mut server);
+    }
+    let after = CountingAlloc::live_bytes();
+    assert_eq!(server.stream_count(), streams);
+    (after - before) as f64 / streams as f64 / 2.0
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    if std::env::args().any(|a| a == "--help" || a == "-h") {
+        println!("usage: bench-mux [--quick]\n\nCompares svcnet's multiplexer with raw TCP and rust-yamux over loopback TCP;\nprints key=value figures. --quick runs a small smoke-sized version.");
+        return;
+    }
+    let scale = if quick { Scale::quick() } else { Scale::full() };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    report("mode", if quick { "quick" } else { "full" });
+    // For profiling: one long single-stream transfer and nothing else.
+    if std::env::args().any(|a| a == "--profile-one-stream") {
+        let g = rt.block_on(mux_throughput(1, 4 << 30));
+        report("mux_one_stream_gbps", format!("{g:.2}"));
+        return;
+    }
+
+    let idle = idle_stream_bytes(scale.idle_streams);
+    report("mux_idle_stream_bytes", format!("{idle:.1}"));
+    report("mux_idle_streams_measured", scale.idle_streams);
+
+    rt.block_on(async {
+        let (mut r_mux, mut r_yamux, mut r_many) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut g_raw, mut g_mux, mut g_yamux, mut g_many, mut g_raw_many) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..scale.rounds {
+            let raw = raw_tcp(1, scale.one_stream_bytes).await;
+            let mux = mux_throughput(1, scale.one_stream_bytes).await;
+            let yam = yamux_throughput(1, scale.one_stream_bytes).await;
+            let many = mux_throughput(scale.many_streams, scale.many_stream_bytes).await;
+            let raw_many = raw_tcp(scale.many_streams, scale.many_stream_bytes).await;
+            r_mux.push(mux / raw);
+            r_yamux.push(yam / raw);
+            r_many.push(many / raw);
+            g_raw.push(raw);
+            g_mux.push(mux);
+            g_yamux.push(yam);
+            g_many.push(many);
+            g_raw_many.push(raw_many);
+        }
+        report("raw_tcp_one_stream_gbps", format!("{:.2}", median(&g_raw)));
+        report("mux_one_stream_gbps", format!("{:.2}", median(&g_mux)));
+        report("yamux_one_stream_gbps", format!("{:.2}", median(&g_yamux)));
+        report("mux_100_streams_gbps", format!("{:.2}", median(&g_many)));
+        report(
+            "raw_tcp_100_connections_gbps",
+            format!("{:.2}", median(&g_raw_many)),
+        );
+        report("mux_one_stream_ratio", format!("{:.3}", median(&r_mux)));
+        report("yamux_one_stream_ratio", format!("{:.3}", median(&r_yamux)));
+        report("mux_100_streams_ratio", format!("{:.3}", median(&r_many)));
+
+        let (rate_1k, rate_1m, concurrent) = open_scaling(&scale).await;
+        report("mux_open_rate_at_1k", format!("{rate_1k:.0}"));
+        report("mux_open_rate_at_1m", format!("{rate_1m:.0}"));
+        report(
+            "mux_open_rate_ratio_1m_vs_1k",
+            format!("{:.3}", rate_1m / rate_1k),
+        );
+        report("mux_max_concurrent_streams", concurrent);
+    });
+}
