@@ -851,6 +851,9 @@ pub struct Directory {
     owners: BTreeMap<Ipv6Addr, AddressOwner>,
 }
 
+// Directory errors carry both owners so the message can name them; they arise only when the
+// configuration changes, so their size costs nothing that matters.
+#[allow(clippy::result_large_err)]
 impl Directory {
     /// An empty directory for the network with this prefix.
     pub fn new(prefix: NetworkPrefix) -> Directory {
@@ -1321,7 +1324,7 @@ mod tests {
         ] {
             // "v3-" is not even an LDH label.
             let err = parse(label).unwrap_err();
-            if label == "v3-" || label == "v-2" && false {
+            if label == "v3-" {
                 assert_eq!(err, label_error(label, LabelProblem::TrailingHyphen));
                 continue;
             }

@@ -12,9 +12,11 @@
 //! - [`addressing`]: blake3-derived network, node and service addresses; DNS names.
 //! - [`wire`]: every on-the-wire format, versioned and length-checked (`docs/protocol.md`).
 //! - [`mux`]: many byte streams over one reliable ordered byte pipe.
+//! - [`fuzzing`]: the bodies of the fuzz targets, shared with the corpus-replay tests.
 #![forbid(unsafe_code)]
 
 pub mod addressing;
+pub mod fuzzing;
 pub mod identity;
 pub mod mux;
 pub mod time;

@@ -35,12 +35,15 @@ const MAX_IOVECS: usize = 64;
 /// Loop rounds before the driver yields to its executor.
 const ROUNDS_BEFORE_YIELD: usize = 64;
 
+/// A timer future from the embedding runtime.
+pub type Sleep = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// The clock and timer of the embedding runtime.
 pub trait Clock: Send + Sync + 'static {
     /// The current instant on the session's clock.
     fn now(&self) -> Instant;
     /// A future that completes at (or soon after) `deadline`.
-    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+    fn sleep_until(&self, deadline: Instant) -> Sleep;
 }
 
 #[derive(Default)]
@@ -186,7 +189,7 @@ pub struct Driver<T> {
     /// Index of the first chunk of `out` not fully written, and bytes of it already written.
     out_pos: usize,
     out_off: usize,
-    sleep: Option<(Instant, Pin<Box<dyn Future<Output = ()> + Send>>)>,
+    sleep: Option<(Instant, Sleep)>,
     pipe_closed: bool,
 }
 

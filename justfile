@@ -1,0 +1,40 @@
+# svcnet tasks. Every recipe is a plain command too (see the lines below each name), so `just`
+# is a convenience, not a requirement: `cargo install just` to get it.
+
+export CARGO_BUILD_JOBS := env_var_or_default("CARGO_BUILD_JOBS", "2")
+
+# List the recipes.
+default:
+    @just --list
+
+# Build everything (debug).
+build:
+    cargo build --workspace
+
+# All tests (the README's test command).
+test:
+    cargo test --workspace
+
+# Formatting and lints as CI runs them.
+lint:
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Exactly what CI runs.
+ci:
+    bash .ci/run
+
+# Every benchmark; figures are printed as key=value.
+bench: bench-mux
+
+# The multiplexer against raw TCP and rust-yamux over loopback TCP (add --quick for a smoke run).
+bench-mux *ARGS:
+    cargo run --release -p svcnet-bench --bin bench-mux -- {{ARGS}}
+
+# The main job on an embedded default: until the daemon lands, the multiplexer benchmark.
+demo:
+    cargo run --release -p svcnet-bench --bin bench-mux
+
+# Fuzz every target for SECONDS each (nightly and cargo-fuzz: `cargo install cargo-fuzz`).
+fuzz SECONDS="60":
+    cd fuzz && for t in $(cargo +nightly fuzz list); do cargo +nightly fuzz run "$t" corpus/"$t" -- -max_total_time={{SECONDS}} || exit 1; done
