@@ -14,7 +14,6 @@
 
 use std::future::Future;
 use std::io;
-use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
@@ -28,10 +27,10 @@ use crate::time::Instant;
 
 /// Bytes read from the pipe in one call.
 const READ_CHUNK: usize = 256 * 1024;
+/// Retired read blocks kept for reuse.
+const MAX_SPARE_BLOCKS: usize = 4;
 /// Bytes taken from the session per transmit round.
 const WRITE_BATCH: usize = 512 * 1024;
-/// Slices handed to one vectored write.
-const MAX_IOVECS: usize = 64;
 /// Loop rounds before the driver yields to its executor.
 const ROUNDS_BEFORE_YIELD: usize = 64;
 
@@ -184,11 +183,16 @@ pub struct Driver<T> {
     inner: Arc<Inner>,
     pipe: T,
     read_buf: BytesMut,
+    /// Earlier read blocks, taken back once every payload slice of them is gone.
+    spare_blocks: Vec<BytesMut>,
     read_done: bool,
+    /// Chunks from `poll_transmit`, copied into `stage` at once.
     out: Vec<Bytes>,
-    /// Index of the first chunk of `out` not fully written, and bytes of it already written.
-    out_pos: usize,
-    out_off: usize,
+    /// Output as one contiguous buffer, and how much of it is written. Most pipes (TLS, the
+    /// tokio compat layer, WebSockets) write only the first slice of a vectored write, which
+    /// would cost a syscall and a packet per 9-byte frame header; one copy is far cheaper.
+    stage: BytesMut,
+    stage_off: usize,
     sleep: Option<(Instant, Sleep)>,
     pipe_closed: bool,
 }
@@ -222,10 +226,11 @@ impl Connection {
             inner: inner.clone(),
             pipe,
             read_buf: BytesMut::new(),
+            spare_blocks: Vec::new(),
             read_done: false,
             out: Vec::new(),
-            out_pos: 0,
-            out_off: 0,
+            stage: BytesMut::new(),
+            stage_off: 0,
             sleep: None,
             pipe_closed: false,
         };
@@ -327,9 +332,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         if self.read_done {
             return false;
         }
-        // One zeroed block serves several reads; received payloads keep slices of it.
         if self.read_buf.len() < READ_CHUNK / 4 {
-            self.read_buf = BytesMut::zeroed(READ_CHUNK);
+            self.next_read_block();
         }
         match Pin::new(&mut self.pipe).poll_read(cx, &mut self.read_buf) {
             Poll::Pending => false,
@@ -352,15 +356,34 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         }
     }
 
+    /// Makes `read_buf` a fresh zeroed block. Payloads handed to the session are slices of the
+    /// block they were read into, so a block is reused only once all of them are gone; reusing
+    /// keeps the allocator from mapping and faulting in fresh pages for every block.
+    fn next_read_block(&mut self) {
+        let mut old = std::mem::take(&mut self.read_buf);
+        old.clear();
+        if self.spare_blocks.len() < MAX_SPARE_BLOCKS {
+            self.spare_blocks.push(old);
+        }
+        for i in 0..self.spare_blocks.len() {
+            if self.spare_blocks[i].try_reclaim(READ_CHUNK) {
+                let mut block = self.spare_blocks.swap_remove(i);
+                block.resize(READ_CHUNK, 0);
+                self.read_buf = block;
+                return;
+            }
+        }
+        self.read_buf = BytesMut::zeroed(READ_CHUNK);
+    }
+
     /// Writes pending output, refilling it from the session. Returns whether anything moved,
     /// or the pipe's write error.
     fn pump_output(&mut self, cx: &mut Context<'_>, wake: &mut Vec<Waker>) -> io::Result<bool> {
         let mut moved = false;
         loop {
-            if self.out_pos == self.out.len() {
-                self.out.clear();
-                self.out_pos = 0;
-                self.out_off = 0;
+            if self.stage_off == self.stage.len() {
+                self.stage.clear();
+                self.stage_off = 0;
                 let now = self.inner.clock.now();
                 let mut sh = self.inner.lock();
                 let n = sh.session.poll_transmit(now, &mut self.out, WRITE_BATCH);
@@ -377,24 +400,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                     }
                     return Ok(moved);
                 }
-            }
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let mut k = 0;
-            for (i, chunk) in self.out[self.out_pos..].iter().enumerate() {
-                if k == MAX_IOVECS {
-                    break;
-                }
-                let skip = if i == 0 { self.out_off } else { 0 };
-                if chunk.len() > skip {
-                    slices[k] = IoSlice::new(&chunk[skip..]);
-                    k += 1;
+                self.stage.reserve(n);
+                for chunk in self.out.drain(..) {
+                    self.stage.extend_from_slice(&chunk);
                 }
             }
-            if k == 0 {
-                self.out_pos = self.out.len();
-                continue;
-            }
-            match Pin::new(&mut self.pipe).poll_write_vectored(cx, &slices[..k]) {
+            match Pin::new(&mut self.pipe).poll_write(cx, &self.stage[self.stage_off..]) {
                 Poll::Pending => return Ok(moved),
                 Poll::Ready(Err(e)) => return Err(e),
                 Poll::Ready(Ok(0)) => {
@@ -403,26 +414,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                         "the pipe accepted no bytes",
                     ))
                 }
-                Poll::Ready(Ok(mut n)) => {
+                Poll::Ready(Ok(n)) => {
                     moved = true;
-                    while n > 0 {
-                        let left = self.out[self.out_pos].len() - self.out_off;
-                        if n >= left {
-                            n -= left;
-                            self.out_pos += 1;
-                            self.out_off = 0;
-                        } else {
-                            self.out_off += n;
-                            n = 0;
-                        }
-                    }
-                    // Skip empty chunks so `out_pos == len` means "all written".
-                    while self.out_pos < self.out.len()
-                        && self.out[self.out_pos].len() == self.out_off
-                    {
-                        self.out_pos += 1;
-                        self.out_off = 0;
-                    }
+                    self.stage_off += n;
                 }
             }
         }
@@ -496,7 +490,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
 
             let closed = this.inner.lock().session.is_closed();
             if let Some(code) = closed {
-                if this.out_pos == this.out.len() && !this.inner.lock().session.wants_transmit() {
+                if this.stage_off == this.stage.len() && !this.inner.lock().session.wants_transmit()
+                {
                     // Last bytes (the GOAWAY) are out: close the pipe and report.
                     match Pin::new(&mut this.pipe).poll_close(cx) {
                         Poll::Pending => {}
@@ -518,7 +513,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
                 let mut sh = this.inner.lock();
                 sh.driver_waker = Some(cx.waker().clone());
                 // Output may have been queued between the last transmit and now.
-                if !sh.session.wants_transmit() || this.out_pos < this.out.len() {
+                if !sh.session.wants_transmit() || this.stage_off < this.stage.len() {
                     return Poll::Pending;
                 }
                 sh.driver_waker = None;
