@@ -349,3 +349,45 @@ fn reset_and_refusal_surface_as_io_errors() {
         assert!(client.closed().is_none());
     });
 }
+
+#[test]
+fn dropping_every_handle_drains_gracefully() {
+    let pool = futures::executor::ThreadPool::builder()
+        .pool_size(2)
+        .create()
+        .unwrap();
+    let (a, b) = duplex();
+    let base = std::time::Instant::now();
+    let (client, cd) = Connection::new(
+        a,
+        Role::Client,
+        Config::default(),
+        Arc::new(TimerClock(base)),
+    );
+    let (server, sd) = Connection::new(
+        b,
+        Role::Server,
+        Config::default(),
+        Arc::new(TimerClock(base)),
+    );
+    let cd = pool.spawn_with_handle(cd).unwrap();
+    let sd = pool.spawn_with_handle(sd).unwrap();
+    futures::executor::block_on(async {
+        let mut s = client.open().await.unwrap();
+        s.write_all(b"request").await.unwrap();
+        let mut peer = server.accept().await.unwrap();
+        // The client application is done with the connection but not with its stream.
+        drop(client);
+        let mut buf = [0u8; 7];
+        peer.read_exact(&mut buf).await.unwrap();
+        peer.write_all(b"response").await.unwrap();
+        peer.close().await.unwrap();
+        s.close().await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"response");
+        drop((s, peer, server));
+        cd.await.expect("client driver ends cleanly");
+        sd.await.expect("server driver ends cleanly");
+    });
+}

@@ -170,10 +170,34 @@ fn reset_error(id: StreamId, code: u32) -> io::Error {
     io::Error::new(kind, format!("stream {id} reset by peer with code {code}"))
 }
 
-/// A handle to a multiplexed connection. Clones share the same session.
+/// A handle to a multiplexed connection. Clones share the same session; dropping the last clone
+/// drains the session gracefully (see [`Connection::go_away`]) while open streams finish.
 #[derive(Clone)]
 pub struct Connection {
     inner: Arc<Inner>,
+    _handle: Arc<HandleGuard>,
+}
+
+/// Shared by all clones of a [`Connection`]; when the last one goes, nobody can open or accept
+/// streams any more, so the session drains: GOAWAY, streams not yet accepted are refused (the
+/// peer may retry them elsewhere), open streams finish, then the driver completes.
+struct HandleGuard {
+    inner: Arc<Inner>,
+}
+
+impl Drop for HandleGuard {
+    fn drop(&mut self) {
+        let mut sh = self.inner.lock();
+        while let Some(id) = sh.incoming.pop_front() {
+            let _ = sh.session.reset(id, super::reset_code::REFUSED);
+        }
+        sh.session.go_away();
+        let mut wake = Vec::new();
+        sh.dispatch_events(&mut wake);
+        wake.extend(sh.driver_waker.take());
+        drop(sh);
+        wake.into_iter().for_each(Waker::wake);
+    }
 }
 
 /// The future that moves bytes between the session and the pipe and runs its timers. Spawn it
@@ -234,7 +258,16 @@ impl Connection {
             sleep: None,
             pipe_closed: false,
         };
-        (Connection { inner }, driver)
+        let handle = Arc::new(HandleGuard {
+            inner: inner.clone(),
+        });
+        (
+            Connection {
+                inner,
+                _handle: handle,
+            },
+            driver,
+        )
     }
 
     /// Opens a stream, waiting while the peer's stream limit is reached. Data written at once
