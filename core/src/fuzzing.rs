@@ -39,8 +39,10 @@ pub fn mux_session_input(data: &[u8]) {
         max_incoming_streams: 8,
         ..Config::default()
     };
+    // Unread bytes are bounded by the stream windows: the initial window per stream plus the
+    // auto-tuning budget (docs/protocol.md §3.6.2).
     let limit = u64::from(cfg.max_incoming_streams) * u64::from(crate::mux::INITIAL_STREAM_WINDOW)
-        + u64::from(cfg.connection_window);
+        + cfg.receive_budget;
     let mut now = Instant::ZERO;
     let mut s = Session::new(Role::Server, cfg, now);
     s.handle_input(Bytes::copy_from_slice(&wire::preface()), now);

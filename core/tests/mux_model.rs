@@ -16,8 +16,10 @@
 //! - detach: no events and no data for the stream afterwards, while the peer still receives all
 //!   bytes written before it and the end of stream;
 //! - flow control: no session ever closes (a sender beyond its credit would be a FLOW_CONTROL
-//!   error), buffered receive bytes never exceed the connection window nor what the peer wrote
-//!   and was not read yet, queued send bytes never exceed `max_send_buffer`;
+//!   error), buffered receive bytes never exceed the sum of the receive windows of the streams
+//!   held (so at most `streams × INITIAL_STREAM_WINDOW + receive_budget`) nor what the peer
+//!   wrote and was not read yet, window growth beyond the initial window summed over the streams
+//!   never exceeds `receive_budget`, queued send bytes never exceed `max_send_buffer`;
 //! - after a final phase that finishes every open stream from both sides, runs the pipe until
 //!   idle and reads everything: no stream state, queued or buffered byte is left on either side,
 //!   and the sessions are still open.
@@ -139,14 +141,27 @@ fn config() -> impl Strategy<Value = Config> {
         ],
         any::<bool>(),
         any::<bool>(),
+        prop_oneof![
+            2 => Just(Config::default().receive_budget),
+            1 => Just(0u64),
+            1 => 1u64..=2 * u64::from(INITIAL_STREAM_WINDOW),
+        ],
     )
         .prop_map(
-            |(max_frame_size, max_incoming_streams, max_send_buffer, min_conn, min_stream)| {
+            |(
+                max_frame_size,
+                max_incoming_streams,
+                max_send_buffer,
+                min_conn,
+                min_stream,
+                receive_budget,
+            )| {
                 let d = Config::default();
                 Config {
                     max_frame_size,
                     max_incoming_streams,
                     max_send_buffer,
+                    receive_budget,
                     connection_window: if min_conn {
                         INITIAL_CONNECTION_WINDOW
                     } else {
@@ -174,7 +189,13 @@ fn op() -> impl Strategy<Value = Op> {
         // More than a stream window: exercises stream credit.
         1 => 200_000usize..=300_000,
     ];
-    let read_max = prop_oneof![1usize..=16, 17usize..=4096, Just(65_536usize)];
+    // Whole-window reads let a fast reader grow its windows (with latency and an RTT sample).
+    let read_max = prop_oneof![
+        1usize..=16,
+        17usize..=4096,
+        Just(65_536usize),
+        Just(1usize << 20)
+    ];
     let code = prop_oneof![Just(reset_code::CANCEL), 3u32..1000];
     let advance = prop_oneof![
         8 => (0u64..=20_000).prop_map(Duration::from_micros),
@@ -291,6 +312,10 @@ struct Coverage {
     detached: u64,
     unknown_results: u64,
     open_limit: u64,
+    /// Invariant checks that found a window grown beyond the initial one ...
+    grown_windows: u64,
+    /// ... and that found the growth limited by a receive budget below the default.
+    budget_limited: u64,
 }
 
 impl Coverage {
@@ -304,6 +329,8 @@ impl Coverage {
         self.detached += o.detached;
         self.unknown_results += o.unknown_results;
         self.open_limit += o.open_limit;
+        self.grown_windows += o.grown_windows;
+        self.budget_limited += o.budget_limited;
     }
 }
 
@@ -660,7 +687,7 @@ impl Model {
         }
     }
 
-    fn check_invariants(&self, p: &mut Pair) {
+    fn check_invariants(&mut self, p: &mut Pair) {
         // Nothing in flight and nothing (a RESET, a WINDOW_UPDATE) waiting to be sent.
         let idle = p.to_server.is_empty()
             && p.to_client.is_empty()
@@ -683,11 +710,41 @@ impl Model {
                 .filter(|ends| ends[ix(side)].may_buffer())
                 .map(|ends| ends[ix(side.other())].written - ends[ix(side)].read)
                 .sum();
+            // Each stream buffers at most its receive window; windows grow only within the
+            // receive budget.
+            let (mut windows, mut growth) = (0u64, 0u64);
+            for &id in &self.order {
+                if let Some(w) = s.stream_recv_window(id) {
+                    assert!(w >= INITIAL_STREAM_WINDOW && w <= cfg.max_stream_window);
+                    windows += u64::from(w);
+                    growth += u64::from(w - INITIAL_STREAM_WINDOW);
+                }
+            }
+            if growth > 0 {
+                self.cov.grown_windows += 1;
+                if cfg.receive_budget < Config::default().receive_budget
+                    && growth + u64::from(INITIAL_STREAM_WINDOW) > cfg.receive_budget
+                {
+                    self.cov.budget_limited += 1;
+                }
+            }
             assert!(
-                st.buffered_recv_bytes <= u64::from(cfg.connection_window),
-                "{side:?} buffers {} bytes, beyond its connection window {}",
+                growth <= cfg.receive_budget,
+                "{side:?} grew its windows by {growth} bytes, beyond its receive budget {}",
+                cfg.receive_budget
+            );
+            assert!(
+                st.buffered_recv_bytes <= windows,
+                "{side:?} buffers {} bytes, beyond the sum of its stream windows {windows}",
+                st.buffered_recv_bytes
+            );
+            let bound = st.streams as u64 * u64::from(INITIAL_STREAM_WINDOW) + cfg.receive_budget;
+            assert!(
+                st.buffered_recv_bytes <= bound,
+                "{side:?} buffers {} bytes, beyond {} streams × the initial window + the \
+                 receive budget = {bound}",
                 st.buffered_recv_bytes,
-                cfg.connection_window
+                st.streams
             );
             if idle && peer_queued == 0 {
                 // Everything the peer accepted has arrived: the accounting must be exact (too

@@ -541,3 +541,572 @@ fn dropping_the_pipe_closes_with_transport_error() {
         Err(StreamError::SessionClosed(ErrorCode::Transport))
     );
 }
+
+// ---- stream credit (MAX_STREAMS) ---------------------------------------------------------
+
+/// Opens streams on the client (each with a byte, so the server accepts them) until `open`
+/// fails with `Limit` even after the pair ran until idle; returns the streams opened.
+fn open_until_limit(p: &mut Pair) -> Vec<u32> {
+    let mut ids = Vec::new();
+    loop {
+        match p.client.open(p.now) {
+            Ok(id) => {
+                p.client.write(id, b"x").unwrap();
+                ids.push(id);
+            }
+            Err(OpenError::Limit) => {
+                p.client_events.clear();
+                p.run_until_idle();
+                if !p.client_events.contains(&Event::OpenAvailable) {
+                    return ids;
+                }
+            }
+            Err(e) => panic!("open: {e}"),
+        }
+    }
+}
+
+fn reset_all(p: &mut Pair, ids: &[u32]) {
+    for &id in ids {
+        p.client.reset(id, reset_code::CANCEL).unwrap();
+    }
+    p.run_until_idle();
+}
+
+/// The client can hold exactly `max` streams open at once; more wait for one to end.
+fn holds_exactly(p: &mut Pair, max: u32) {
+    let refused = p.server.stats().streams_refused;
+    let mut ids = open_until_limit(p);
+    assert_eq!(
+        ids.len(),
+        max as usize,
+        "the client could hold {} streams open, max_incoming_streams is {max}",
+        ids.len()
+    );
+    assert_eq!(p.server.stream_count(), max as usize);
+    assert_eq!(p.server.stats().streams_refused, refused, "none refused");
+    assert_eq!(p.client.open(p.now), Err(OpenError::Limit));
+    // One ends: exactly one more may open.
+    let first = ids.remove(0);
+    p.client.reset(first, reset_code::CANCEL).unwrap();
+    p.client_events.clear();
+    p.run_until_idle();
+    assert!(p.client_events.contains(&Event::OpenAvailable));
+    let again = p
+        .client
+        .open(p.now)
+        .expect("a stream ended: one more may open");
+    p.client.write(again, b"x").unwrap();
+    ids.push(again);
+    assert_eq!(p.client.open(p.now), Err(OpenError::Limit));
+    p.run_until_idle();
+    assert_eq!(p.server.stream_count(), max as usize);
+    assert_eq!(p.client.open(p.now), Err(OpenError::Limit));
+    reset_all(p, &ids);
+    assert_eq!(p.server.stream_count(), 0);
+}
+
+#[test]
+fn the_peer_can_always_hold_max_incoming_streams_open() {
+    for max in [150u32, 1024] {
+        let server_cfg = Config {
+            max_incoming_streams: max,
+            ..Config::default()
+        };
+        let mut p = Pair::with(Config::default(), server_cfg, 14, Duration::from_millis(3));
+        holds_exactly(&mut p, max);
+        // Many short-lived streams, a few at a time.
+        let mut done = 0;
+        let mut idle_rounds = 0;
+        while done < max * 5 / 3 {
+            let batch: Vec<u32> = (0..7).filter_map(|_| p.client.open(p.now).ok()).collect();
+            if batch.is_empty() {
+                idle_rounds += 1;
+                assert!(
+                    idle_rounds < 10,
+                    "no stream credit after {done} short streams"
+                );
+                p.run_until_idle();
+                continue;
+            }
+            idle_rounds = 0;
+            for &id in &batch {
+                p.client.write(id, b"y").unwrap();
+            }
+            p.run_until_idle();
+            reset_all(&mut p, &batch);
+            done += batch.len() as u32;
+        }
+        holds_exactly(&mut p, max);
+        assert_eq!(p.client.is_closed(), None);
+        assert_eq!(p.server.is_closed(), None);
+        assert_eq!(p.server.stats().streams_refused, 0);
+    }
+}
+
+// ---- memory and flow control -------------------------------------------------------------
+
+/// Like `transfer` from the client, but fails if nothing moves for a while instead of hanging.
+fn transfer_or_stall(p: &mut Pair, id: u32, data: &[u8], sink: &mut Vec<u8>) {
+    let mut off = 0;
+    let mut idle = 0;
+    while sink.len() < data.len() {
+        let before = (off, sink.len());
+        match p.client.write(id, &data[off..]) {
+            Ok(n) => off += n,
+            Err(StreamError::Blocked) => {}
+            Err(e) => panic!("write: {e}"),
+        }
+        p.run_until_idle();
+        drain(&mut p.server, id, sink);
+        if (off, sink.len()) == before {
+            idle += 1;
+            assert!(
+                idle < 20,
+                "stream {id} stalled after {} of {} bytes",
+                sink.len(),
+                data.len()
+            );
+        } else {
+            idle = 0;
+        }
+    }
+}
+
+/// Writes on `id` until the stream's credit is used up (the server does not read); returns
+/// the bytes written.
+fn fill_window(p: &mut Pair, id: u32) -> usize {
+    let chunk = vec![0x5a; 1 << 20];
+    let mut total = 0;
+    loop {
+        let mut wrote = 0;
+        while let Ok(n) = p.client.write(id, &chunk) {
+            wrote += n;
+        }
+        p.run_until_idle();
+        total += wrote;
+        if wrote == 0 {
+            return total;
+        }
+    }
+}
+
+#[test]
+fn stalled_readers_with_grown_windows_do_not_stall_other_streams() {
+    let mut p = Pair::with(
+        Config::default(),
+        Config::default(),
+        15,
+        Duration::from_millis(10),
+    );
+    // An RTT sample first, so that windows can grow.
+    p.advance(Duration::from_millis(100));
+    // Four streams whose windows grow to the maximum with a fast reader, then whose reader stops.
+    let mut grown = Vec::new();
+    for k in 0..4 {
+        let id = p.client.open(p.now).unwrap();
+        let data = pattern(24 << 20, k);
+        let mut got = Vec::new();
+        transfer_or_stall(&mut p, id, &data, &mut got);
+        assert!(got == data);
+        let window = p.server.stream_recv_window(id).unwrap();
+        assert_eq!(
+            window,
+            Config::default().max_stream_window,
+            "window of stream {id} grew to the maximum"
+        );
+        grown.push(id);
+    }
+    let mut stuck = 0;
+    for &id in &grown {
+        stuck += fill_window(&mut p, id);
+    }
+    // Three hundred more streams, each with a full initial window nobody reads.
+    let stalled: Vec<u32> = (0..300).map(|_| p.client.open(p.now).unwrap()).collect();
+    let block = vec![0xa5; INITIAL_STREAM_WINDOW as usize];
+    for &id in &stalled {
+        // (Give up after a while, so that a stall shows in the busy transfer below.)
+        for _ in 0..20 {
+            match p.client.write(id, &block) {
+                Ok(n) => {
+                    assert_eq!(n, block.len());
+                    stuck += n;
+                    break;
+                }
+                Err(StreamError::Blocked) => p.run_until_idle(),
+                Err(e) => panic!("write: {e}"),
+            }
+        }
+    }
+    p.run_until_idle();
+    // Another stream still moves 20 MiB.
+    let busy = p.client.open(p.now).unwrap();
+    let data = pattern(20 << 20, 9);
+    let mut got = Vec::new();
+    transfer_or_stall(&mut p, busy, &data, &mut got);
+    assert!(got == data);
+    let st = p.server.stats();
+    let expected = grown.len() * Config::default().max_stream_window as usize
+        + stalled.len() * INITIAL_STREAM_WINDOW as usize;
+    assert_eq!(stuck, expected, "every stalled stream filled its window");
+    assert_eq!(st.buffered_recv_bytes, stuck as u64);
+    assert!(
+        st.buffered_recv_bytes
+            > u64::from(Config::default().connection_window) + u64::from(INITIAL_STREAM_WINDOW),
+        "the stalled streams hold {} bytes",
+        st.buffered_recv_bytes
+    );
+    assert!(
+        st.buffered_recv_bytes
+            <= st.streams as u64 * u64::from(INITIAL_STREAM_WINDOW)
+                + Config::default().receive_budget
+    );
+    // PING round trips still complete: the RTT follows a change of latency.
+    let before = p.client.rtt().expect("rtt");
+    p.to_server.latency = Duration::from_millis(30);
+    p.to_client.latency = Duration::from_millis(30);
+    p.advance(Duration::from_secs(60));
+    for side in [Side::Client, Side::Server] {
+        let rtt = p.session(side).rtt().expect("rtt");
+        assert!(
+            rtt > before + Duration::from_millis(10),
+            "{side:?}: rtt {rtt:?} did not follow the new latency (was {before:?})"
+        );
+    }
+    assert_eq!(closed(&p.client_events), None);
+    assert_eq!(closed(&p.server_events), None);
+}
+
+#[test]
+fn window_growth_stays_within_the_receive_budget() {
+    let budget = 4 * u64::from(INITIAL_STREAM_WINDOW);
+    let server_cfg = Config {
+        receive_budget: budget,
+        ..Config::default()
+    };
+    let mut p = Pair::with(Config::default(), server_cfg, 19, Duration::from_millis(10));
+    p.advance(Duration::from_millis(100));
+    let growth = |p: &Pair, ids: &[u32]| -> u64 {
+        ids.iter()
+            .filter_map(|&id| p.server.stream_recv_window(id))
+            .map(|w| u64::from(w - INITIAL_STREAM_WINDOW))
+            .sum()
+    };
+    let a = p.client.open(p.now).unwrap();
+    let b = p.client.open(p.now).unwrap();
+    for (k, &id) in [a, b].iter().enumerate() {
+        let data = pattern(8 << 20, k as u8);
+        let mut got = Vec::new();
+        transfer_or_stall(&mut p, id, &data, &mut got);
+        assert!(got == data);
+    }
+    assert_eq!(growth(&p, &[a, b]), budget, "a used the whole budget");
+    assert_eq!(p.server.stream_recv_window(b), Some(INITIAL_STREAM_WINDOW));
+    // Removing a stream releases its growth.
+    p.client.reset(a, reset_code::CANCEL).unwrap();
+    p.run_until_idle();
+    let c = p.client.open(p.now).unwrap();
+    let data = pattern(8 << 20, 3);
+    let mut got = Vec::new();
+    transfer_or_stall(&mut p, c, &data, &mut got);
+    assert!(p.server.stream_recv_window(c).unwrap() > INITIAL_STREAM_WINDOW);
+    assert!(growth(&p, &[b, c]) <= budget);
+}
+
+#[test]
+fn receive_budget_is_validated() {
+    let cfg = Config {
+        receive_budget: u64::MAX,
+        ..Config::default()
+    };
+    let err = cfg.validate().unwrap_err();
+    assert!(err.starts_with("receive_budget:"), "{err}");
+    let cfg = Config {
+        receive_budget: 0,
+        ..Config::default()
+    };
+    assert_eq!(cfg.validate(), Ok(()));
+}
+
+#[test]
+fn blocked_writes_queue_a_stream_once() {
+    let now = Instant::ZERO;
+    let cfg = Config {
+        max_send_buffer: 1000,
+        ..Config::default()
+    };
+    let mut c = Session::new(Role::Client, cfg, now);
+    let id = c.open(now).unwrap();
+    assert_eq!(c.write(id, &[7; 1000]), Ok(1000));
+    for _ in 0..1000 {
+        assert_eq!(c.write(id, b"x"), Err(StreamError::Blocked));
+    }
+    assert_eq!(c.stats().send_waiters, 1);
+    let mut out = Vec::new();
+    c.poll_transmit(now, &mut out, usize::MAX);
+    let mut writable = 0;
+    while let Some(e) = c.poll_event() {
+        if e == Event::Writable(id) {
+            writable += 1;
+        }
+    }
+    assert_eq!(writable, 1);
+    assert_eq!(c.stats().send_waiters, 0);
+}
+
+// ---- the control queue -------------------------------------------------------------------
+
+#[test]
+fn local_resets_never_close_the_session_with_excessive_load() {
+    const N: usize = 20_000;
+    let server_cfg = Config {
+        max_incoming_streams: 32_768,
+        ..Config::default()
+    };
+    let mut p = Pair::with(Config::default(), server_cfg, 16, Duration::ZERO);
+    p.run_until_idle(); // the server's MAX_STREAMS arrives
+    let ids: Vec<u32> = (0..N).map(|_| p.client.open(p.now).unwrap()).collect();
+    p.run_until_idle();
+    assert_eq!(opened(&p.server_events).len(), N);
+    // Reset all without transmitting in between.
+    for &id in &ids {
+        p.client.reset(id, 0x1234).unwrap();
+    }
+    assert_eq!(p.client.is_closed(), None);
+    assert!(p.client.stats().control_queue >= N);
+    p.run_until_idle();
+    let resets = p
+        .server_events
+        .iter()
+        .filter(|e| matches!(e, Event::Reset { code: 0x1234, .. }))
+        .count();
+    assert_eq!(resets, N);
+    assert_eq!(p.server.stream_count(), 0);
+    assert_eq!(p.client.stream_count(), 0);
+    assert_eq!(closed(&p.client_events), None);
+    assert_eq!(closed(&p.server_events), None);
+}
+
+#[test]
+fn refusals_the_peer_causes_still_count_against_the_control_queue() {
+    let now = Instant::ZERO;
+    let cfg = Config {
+        max_incoming_streams: 1,
+        max_control_queue: 16,
+        ..Config::default()
+    };
+    let mut s = Session::new(Role::Server, cfg, now);
+    let syns: Vec<Frame> = (0..40)
+        .map(|i| Frame::Data {
+            stream: 2 * i + 1,
+            syn: true,
+            fin: false,
+            payload: Bytes::new(),
+        })
+        .collect();
+    feed(&mut s, true, &syns);
+    assert_eq!(s.is_closed(), Some(ErrorCode::ExcessiveLoad));
+}
+
+// ---- GOAWAY and close --------------------------------------------------------------------
+
+/// Feeds `frames` (after the preface if `preface`) to `s` as one input.
+fn feed(s: &mut Session, preface: bool, frames: &[Frame]) {
+    let mut b = BytesMut::new();
+    if preface {
+        b.extend_from_slice(&wire::preface());
+    }
+    for f in frames {
+        wire::encode(f, &mut b);
+    }
+    s.handle_input(b.freeze(), Instant::ZERO);
+}
+
+/// Transmits everything `s` has queued into the void.
+fn transmit(s: &mut Session) {
+    let mut out = Vec::new();
+    s.poll_transmit(Instant::ZERO, &mut out, usize::MAX);
+}
+
+fn goaway(last_stream: u32) -> Frame {
+    Frame::GoAway {
+        last_stream,
+        code: 0,
+        message: Bytes::new(),
+    }
+}
+
+#[test]
+fn go_away_refuses_only_live_streams_above_last_stream() {
+    let now = Instant::ZERO;
+    let mut c = Session::new(Role::Client, Config::default(), now);
+    feed(&mut c, true, &[Frame::MaxStreams { count: 1 << 20 }]);
+    // 100 000 streams opened and closed, a few kept.
+    let mut live = Vec::new();
+    for i in 0..100_000u32 {
+        let id = c.open(now).unwrap();
+        if i % 10_000 == 5_000 {
+            live.push(id);
+        } else {
+            c.reset(id, reset_code::CANCEL).unwrap();
+        }
+    }
+    transmit(&mut c);
+    while c.poll_event().is_some() {}
+    assert_eq!(c.stream_count(), 10);
+    let last = live[4];
+    feed(&mut c, false, &[goaway(last)]);
+    let mut refused = Vec::new();
+    let mut went_away = false;
+    while let Some(e) = c.poll_event() {
+        match e {
+            Event::Reset {
+                stream,
+                code: reset_code::REFUSED,
+            } => refused.push(stream),
+            Event::GoAway {
+                code: ErrorCode::NoError,
+                last_stream,
+            } => {
+                assert_eq!(last_stream, last);
+                went_away = true;
+            }
+            e => panic!("unexpected {e:?}"),
+        }
+    }
+    assert!(went_away);
+    assert_eq!(refused, live[5..].to_vec());
+    assert_eq!(c.stream_count(), 5);
+    assert_eq!(c.is_closed(), None);
+}
+
+#[test]
+fn go_away_naming_a_stream_this_side_never_opened_is_a_stream_id_error() {
+    for last in [2u32, 4, 3, 1001] {
+        let now = Instant::ZERO;
+        let mut c = Session::new(Role::Client, Config::default(), now);
+        c.open(now).unwrap(); // stream 1
+        transmit(&mut c);
+        c.open(now).unwrap(); // stream 3: its SYN has not left
+        feed(&mut c, true, &[goaway(last)]);
+        assert_eq!(
+            c.is_closed(),
+            Some(ErrorCode::StreamId),
+            "last_stream {last}"
+        );
+    }
+    // The ones it did open are fine.
+    for last in [0u32, 1] {
+        let now = Instant::ZERO;
+        let mut c = Session::new(Role::Client, Config::default(), now);
+        c.open(now).unwrap();
+        transmit(&mut c);
+        feed(&mut c, true, &[goaway(last)]);
+        let mut events = Vec::new();
+        while let Some(e) = c.poll_event() {
+            events.push(e);
+        }
+        assert!(
+            events.contains(&Event::GoAway {
+                code: ErrorCode::NoError,
+                last_stream: last
+            }),
+            "last_stream {last}: {events:?}"
+        );
+        assert_ne!(c.is_closed(), Some(ErrorCode::StreamId));
+    }
+}
+
+#[test]
+fn close_without_error_while_streams_are_open_cancels_them() {
+    assert_eq!(ErrorCode::from_u32(10), ErrorCode::Cancel);
+    assert_eq!(ErrorCode::Cancel.to_string(), "CANCEL");
+    let mut p = Pair::new(17);
+    let id = p.client.open(p.now).unwrap();
+    p.client.write(id, b"request").unwrap();
+    p.run_until_idle();
+    p.client.close(ErrorCode::NoError, "bye");
+    assert_eq!(p.client.is_closed(), Some(ErrorCode::Cancel));
+    p.run_until_idle();
+    assert_eq!(closed(&p.client_events), Some((ErrorCode::Cancel, false)));
+    assert_eq!(closed(&p.server_events), Some((ErrorCode::Cancel, true)));
+    assert_eq!(p.server.close_message(), "bye");
+    assert_eq!(p.server.stream_count(), 0);
+    assert_eq!(
+        p.server.read(id, &mut [0; 8]),
+        Err(StreamError::SessionClosed(ErrorCode::Cancel))
+    );
+    // With no stream alive, it is a graceful goodbye on both sides.
+    let mut p = Pair::new(18);
+    let id = p.client.open(p.now).unwrap();
+    p.client.finish(id).unwrap();
+    p.run_until_idle();
+    p.server.finish(id).unwrap();
+    p.run_until_idle();
+    assert!(drain(&mut p.server, id, &mut Vec::new()));
+    assert!(drain(&mut p.client, id, &mut Vec::new()));
+    assert_eq!(p.client.stream_count(), 0);
+    p.client.close(ErrorCode::NoError, "done");
+    p.run_until_idle();
+    assert_eq!(closed(&p.client_events), Some((ErrorCode::NoError, false)));
+    assert_eq!(closed(&p.server_events), Some((ErrorCode::NoError, true)));
+}
+
+#[test]
+fn frames_on_a_stream_whose_syn_has_not_left_are_stream_id_errors() {
+    let frames = [
+        Frame::Data {
+            stream: 3,
+            syn: false,
+            fin: false,
+            payload: Bytes::from_static(b"early"),
+        },
+        Frame::Data {
+            stream: 3,
+            syn: false,
+            fin: true,
+            payload: Bytes::new(),
+        },
+        Frame::WindowUpdate {
+            stream: 3,
+            increment: 100,
+        },
+        Frame::Reset { stream: 3, code: 0 },
+    ];
+    for f in frames {
+        let now = Instant::ZERO;
+        let mut c = Session::new(Role::Client, Config::default(), now);
+        let sent = c.open(now).unwrap();
+        transmit(&mut c);
+        let unsent = c.open(now).unwrap();
+        assert_eq!((sent, unsent), (1, 3));
+        // Frames on the stream whose SYN left are fine.
+        feed(
+            &mut c,
+            true,
+            &[Frame::WindowUpdate {
+                stream: sent,
+                increment: 1,
+            }],
+        );
+        assert_eq!(c.is_closed(), None);
+        feed(&mut c, false, std::slice::from_ref(&f));
+        assert_eq!(c.is_closed(), Some(ErrorCode::StreamId), "{f:?}");
+    }
+    // A stream reset before its SYN left was skipped: frames naming it are stale, not errors.
+    let now = Instant::ZERO;
+    let mut c = Session::new(Role::Client, Config::default(), now);
+    let skipped = c.open(now).unwrap();
+    c.reset(skipped, reset_code::CANCEL).unwrap();
+    c.open(now).unwrap();
+    transmit(&mut c);
+    feed(
+        &mut c,
+        true,
+        &[Frame::Reset {
+            stream: skipped,
+            code: 0,
+        }],
+    );
+    assert_eq!(c.is_closed(), None);
+}

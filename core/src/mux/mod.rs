@@ -16,14 +16,18 @@
 //! Design points, each answering a failure found in other multiplexers (see
 //! `docs/architecture.md` §"Multiplexer"):
 //! - 0-RTT open: a stream's first DATA frame carries SYN and may carry data at once.
-//! - Credit per stream and per connection; stream windows grow toward the bandwidth-delay product
-//!   (doubling when a window update follows the previous one within 2 RTT), bounded by config.
-//!   Received data is always within credit, so the reader never stops reading the pipe: a slow
-//!   reader cannot stall other streams' control or data beyond its own window.
+//! - Credit per stream and per connection. Connection credit bounds bytes in flight and is
+//!   returned as frames are processed; stream credit bounds a stream's unread bytes and is
+//!   returned as the application reads. Stream windows grow toward the bandwidth-delay product
+//!   (doubling when a window update follows the previous one within 2 RTT), bounded by
+//!   `max_stream_window` and by a session-wide `receive_budget`. Received data is always within
+//!   credit, so the reader never stops reading the pipe, and a slow reader holds back only its
+//!   own stream: other streams' data and all control frames keep flowing.
 //! - Stream count by credit (MAX_STREAMS); a stream over the local limit is refused with a RESET,
-//!   the connection lives.
+//!   the connection lives; the peer can always keep `max_incoming_streams` open.
 //! - O(1) per operation: streams in a hash map keyed by id, FIFO queues for scheduling; an idle
-//!   stream owns no buffer (about 60 bytes of state).
+//!   stream owns no buffer (about 60 bytes of state). (A received GOAWAY visits the live
+//!   streams once.)
 //! - Round-robin send scheduling with a byte quantum per turn; control frames first.
 //! - Keep-alive and dead-link detection from `poll_timeout`, independent of application polling.
 

@@ -19,6 +19,8 @@ pub const INITIAL_STREAM_WINDOW: u32 = 256 * 1024;
 pub const INITIAL_CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 /// Streams each side may open before the first MAX_STREAMS arrives.
 pub const INITIAL_MAX_STREAMS: u32 = 100;
+/// Largest accepted [`Config::receive_budget`] (1 TiB): anything larger is surely a mistake.
+const MAX_RECEIVE_BUDGET: u64 = 1 << 40;
 
 /// Payloads smaller than this are copied out of the input buffer, so that a few bytes left unread
 /// do not pin a large receive buffer.
@@ -42,7 +44,13 @@ pub struct Config {
     pub max_frame_size: usize,
     /// Ceiling for a stream's auto-tuned receive window.
     pub max_stream_window: u32,
-    /// Connection receive window: the most unread data all streams together may hold here.
+    /// Memory budget for window auto-tuning: the growth of all stream receive windows beyond
+    /// [`INITIAL_STREAM_WINDOW`], summed over the streams, never exceeds it. Buffered unread data
+    /// is thus at most `streams × INITIAL_STREAM_WINDOW + receive_budget`. 0 disables growth.
+    pub receive_budget: u64,
+    /// Connection receive window: the most bytes the peer may have in flight towards us (sent
+    /// and not yet processed by [`Session::handle_input`]); credit is returned as frames are
+    /// processed, whether or not the application reads them.
     pub connection_window: u32,
     /// Most concurrent streams the peer may have open towards us; more are refused.
     pub max_incoming_streams: u32,
@@ -62,6 +70,7 @@ impl Default for Config {
         Config {
             max_frame_size: 16 * 1024,
             max_stream_window: 16 * 1024 * 1024,
+            receive_budget: 64 * 1024 * 1024,
             connection_window: 64 * 1024 * 1024,
             max_incoming_streams: 1024,
             max_send_buffer: 32 * 1024 * 1024,
@@ -85,6 +94,12 @@ impl Config {
             return Err(format!(
                 "max_stream_window: must be at least the initial window {INITIAL_STREAM_WINDOW}, got {}",
                 self.max_stream_window
+            ));
+        }
+        if self.receive_budget > MAX_RECEIVE_BUDGET {
+            return Err(format!(
+                "receive_budget: must be at most {MAX_RECEIVE_BUDGET} (1 TiB), got {}",
+                self.receive_budget
             ));
         }
         if self.connection_window < INITIAL_CONNECTION_WINDOW {
@@ -208,6 +223,9 @@ pub struct Stats {
     pub queued_send_bytes: usize,
     pub buffered_recv_bytes: u64,
     pub control_queue: usize,
+    /// Streams queued to be told when the session send buffer has room again (each at most
+    /// once).
+    pub send_waiters: usize,
     pub rtt: Option<Duration>,
 }
 
@@ -224,6 +242,8 @@ const UPDATE_QUEUED: u16 = 1 << 8;
 const WANT_WRITABLE: u16 = 1 << 9;
 const READABLE_SIGNALLED: u16 = 1 << 10;
 const IN_BARE: u16 = 1 << 11;
+/// In `send_waiters` (at most once).
+const SEND_WAITING: u16 = 1 << 12;
 
 /// Bytes in order, as a queue of shared chunks.
 #[derive(Default)]
@@ -290,10 +310,30 @@ enum Control {
     ConnWindow,
     StreamWindow(StreamId),
     MaxStreams,
+    /// RESET REFUSED for a SYN the peer sent.
+    Refuse(StreamId),
+    /// A RESET the application asked for.
     Reset(StreamId, u32),
-    Ping(u64),
+    /// Our keep-alive PING (at most one queued; it carries the latest sequence number).
+    Ping,
     Pong,
     GoAway(StreamId, ErrorCode, Bytes),
+}
+
+impl Control {
+    /// Whether the peer's input caused this frame, so that it counts against
+    /// `max_control_queue`. The others are bounded without the limit: preface, PING and GOAWAY
+    /// are queued at most once each, application RESETs at most once per stream.
+    fn peer_caused(&self) -> bool {
+        match self {
+            Control::ConnWindow
+            | Control::StreamWindow(_)
+            | Control::MaxStreams
+            | Control::Refuse(_)
+            | Control::Pong => true,
+            Control::Preface | Control::Reset(..) | Control::Ping | Control::GoAway(..) => false,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -313,6 +353,9 @@ pub struct Session {
 
     // Stream accounting. Indices count streams of one side: id = 2 * index + (1 | 2).
     local_next: u32,
+    /// One above the highest index of ours whose SYN has left (SYNs leave in index order): the
+    /// peer cannot know of any stream of ours at or above it.
+    local_syn_next: u32,
     local_limit: u32,
     open_blocked: bool,
     peer_next: u32,
@@ -328,9 +371,16 @@ pub struct Session {
     conn_recv_credit: u64,
     conn_recv_unacked: u64,
     conn_update_queued: bool,
+    /// Bytes received and not yet read by the application, over all streams.
+    recv_buffered: u64,
+    /// Sum over streams of `recv_window - INITIAL_STREAM_WINDOW`; at most `receive_budget`.
+    recv_growth: u64,
 
     // Scheduling.
     control: VecDeque<Control>,
+    /// Entries of `control` that count against `max_control_queue` (see `Control::peer_caused`).
+    control_counted: usize,
+    ping_queued: bool,
     bare: VecDeque<StreamId>,
     ready: VecDeque<StreamId>,
     queued_send_bytes: usize,
@@ -372,6 +422,7 @@ impl Session {
             state: State::Open,
             streams: FxHashMap::default(),
             local_next: 0,
+            local_syn_next: 0,
             local_limit: INITIAL_MAX_STREAMS,
             open_blocked: false,
             peer_next: 0,
@@ -385,7 +436,11 @@ impl Session {
             conn_recv_credit: u64::from(INITIAL_CONNECTION_WINDOW),
             conn_recv_unacked: 0,
             conn_update_queued: false,
+            recv_buffered: 0,
+            recv_growth: 0,
             control: VecDeque::new(),
+            control_counted: 0,
+            ping_queued: false,
             bare: VecDeque::new(),
             ready: VecDeque::new(),
             queued_send_bytes: 0,
@@ -405,11 +460,11 @@ impl Session {
             stats: Stats::default(),
             cfg,
         };
-        s.control.push_back(Control::Preface);
+        s.push_control(Control::Preface);
         if s.cfg.connection_window > INITIAL_CONNECTION_WINDOW {
             s.conn_recv_unacked = u64::from(s.cfg.connection_window - INITIAL_CONNECTION_WINDOW);
             s.conn_update_queued = true;
-            s.control.push_back(Control::ConnWindow);
+            s.push_control(Control::ConnWindow);
         }
         s.maybe_grant_streams();
         // An early RTT sample lets windows grow from the start.
@@ -451,9 +506,9 @@ impl Session {
         let mut s = self.stats.clone();
         s.streams = self.streams.len();
         s.queued_send_bytes = self.queued_send_bytes;
-        s.buffered_recv_bytes = u64::from(self.cfg.connection_window)
-            .saturating_sub(self.conn_recv_credit + self.conn_recv_unacked);
+        s.buffered_recv_bytes = self.recv_buffered;
         s.control_queue = self.control.len();
+        s.send_waiters = self.send_waiters.len();
         s.rtt = self.srtt;
         s
     }
@@ -519,8 +574,9 @@ impl Session {
                 return Ok(0);
             }
             st.flags |= WANT_WRITABLE;
-            if room_session == 0 {
-                self.send_waiters.push_back(id);
+            if room_session == 0 && !st.has(SEND_WAITING) {
+                st.flags |= SEND_WAITING;
+                self.add_send_waiter(id);
             }
             return Err(StreamError::Blocked);
         }
@@ -570,6 +626,7 @@ impl Session {
             }
         }
         if n > 0 {
+            self.recv_buffered -= n as u64;
             self.consumed(id, n);
             return Ok(n);
         }
@@ -622,6 +679,7 @@ impl Session {
         st.flags |= DETACHED;
         let unread = st.recv.take().map_or(0, |q| q.len);
         if unread > 0 {
+            self.recv_buffered -= unread as u64;
             self.consumed(id, unread);
         }
         if self.state != State::Open && self.state != State::Draining {
@@ -647,10 +705,18 @@ impl Session {
     }
 
     /// Ends the session at once with `code`, telling the peer why. All streams are gone.
+    ///
+    /// `NoError` while streams are alive becomes [`ErrorCode::Cancel`]: the peer must learn that
+    /// its streams were discarded, not drain them (use [`Session::go_away`] for that).
     pub fn close(&mut self, code: ErrorCode, message: &str) {
         if let State::Closed(_) = self.state {
             return;
         }
+        let code = if code == ErrorCode::NoError && !self.streams.is_empty() {
+            ErrorCode::Cancel
+        } else {
+            code
+        };
         self.fail(code, Bytes::copy_from_slice(message.as_bytes()), false);
     }
 
@@ -801,7 +867,10 @@ impl Session {
         }
         self.ping_seq += 1;
         self.ping_outstanding = Some((self.ping_seq, now));
-        self.push_control(Control::Ping(self.ping_seq));
+        if !self.ping_queued {
+            self.ping_queued = true;
+            self.push_control(Control::Ping);
+        }
     }
 
     fn frame_error(&mut self, e: FrameError) {
@@ -864,19 +933,23 @@ impl Session {
     }
 
     /// Classifies a frame's stream id: Ok(true) known, Ok(false) stale (closed earlier: ignore),
-    /// Err for an id that was never valid.
+    /// Err for an id that was never valid. A stream of ours counts as opened only once its SYN
+    /// has left: before that the peer cannot know it.
     fn classify(&self, id: StreamId) -> Result<bool, String> {
-        if self.streams.contains_key(&id) {
-            return Ok(true);
-        }
         let index = index_of(id);
         if self.is_local(id) {
-            if index >= self.local_next {
+            let st = self.streams.get(&id);
+            if index >= self.local_syn_next || st.is_some_and(|st| !st.has(SYN_SENT)) {
                 return Err(format!(
                     "frame for stream {id} which this side never opened"
                 ));
             }
-        } else if index >= self.peer_next {
+            return Ok(st.is_some());
+        }
+        if self.streams.contains_key(&id) {
+            return Ok(true);
+        }
+        if index >= self.peer_next {
             return Err(format!("frame for stream {id} which the peer never opened"));
         }
         Ok(false)
@@ -894,6 +967,16 @@ impl Session {
             );
         }
         self.conn_recv_credit -= len;
+        self.on_stream_data(id, syn, fin, payload, now);
+        // Connection credit bounds bytes in flight only: it comes back once the frame is
+        // processed, read or not. Unread bytes are bounded per stream by stream credit.
+        if len > 0 && self.is_closed().is_none() {
+            self.return_conn_credit(len);
+        }
+    }
+
+    fn on_stream_data(&mut self, id: StreamId, syn: bool, fin: bool, payload: Bytes, now: Instant) {
+        let len = payload.len() as u64;
         if syn {
             if self.is_local(id) {
                 return self.protocol_error(
@@ -924,8 +1007,7 @@ impl Session {
             if refuse {
                 self.stats.streams_refused += 1;
                 self.peer_done += 1;
-                self.push_control(Control::Reset(id, reset_code::REFUSED));
-                self.return_conn_credit(len);
+                self.push_control(Control::Refuse(id));
                 self.maybe_grant_streams();
                 return;
             }
@@ -933,13 +1015,11 @@ impl Session {
             // The peer knows the stream: our frames on it need no SYN.
             self.streams.insert(id, Stream::new(SYN_SENT, now));
             self.events.push_back(Event::Opened(id));
+            self.maybe_grant_streams();
         } else {
             match self.classify(id) {
                 Err(msg) => return self.protocol_error(ErrorCode::StreamId, msg),
-                Ok(false) => {
-                    self.return_conn_credit(len);
-                    return;
-                }
+                Ok(false) => return,
                 Ok(true) => {}
             }
         }
@@ -979,6 +1059,7 @@ impl Session {
             let q = st.recv.get_or_insert_with(Default::default);
             q.len += payload.len();
             q.chunks.push_back(payload);
+            self.recv_buffered += len;
         }
         if (len > 0 || fin) && !st.has(READABLE_SIGNALLED) {
             st.flags |= READABLE_SIGNALLED;
@@ -1037,26 +1118,39 @@ impl Session {
             self.fail(code, Bytes::new(), true);
             return;
         }
+        if last_stream != 0 {
+            // It names a stream of ours the peer saw: one of our parity whose SYN left.
+            if !self.is_local(last_stream) {
+                return self.protocol_error(
+                    ErrorCode::StreamId,
+                    format!("GOAWAY names stream {last_stream}, which the peer opened itself"),
+                );
+            }
+            if index_of(last_stream) >= self.local_syn_next {
+                return self.protocol_error(
+                    ErrorCode::StreamId,
+                    format!("GOAWAY names stream {last_stream}, which this side never opened"),
+                );
+            }
+        }
         if self.goaway_received.is_some() {
             return;
         }
         self.goaway_received = Some(last_stream);
         // Our streams above `last_stream` were never seen by the peer's application: refuse them
-        // here so that the caller may retry elsewhere.
-        let first_unaccepted = if last_stream == 0 || !self.is_local(last_stream) {
-            // No stream of ours accepted (or a peer-parity id: take the lowest of ours).
-            0
-        } else {
-            index_of(last_stream) + 1
-        };
-        for index in first_unaccepted..self.local_next {
-            let id = self.local_id(index);
-            if let Some(st) = self.streams.get(&id) {
-                let detached = st.has(DETACHED);
-                self.remove_stream(id);
-                if detached {
-                    continue;
-                }
+        // here so that the caller may retry elsewhere. Only live streams are visited (ids sorted,
+        // so that events come in a deterministic order).
+        let mut unseen: Vec<StreamId> = self
+            .streams
+            .keys()
+            .copied()
+            .filter(|&id| self.is_local(id) && id > last_stream)
+            .collect();
+        unseen.sort_unstable();
+        for id in unseen {
+            let detached = self.streams.get(&id).is_some_and(|st| st.has(DETACHED));
+            self.remove_stream(id);
+            if !detached {
                 self.events.push_back(Event::Reset {
                     stream: id,
                     code: reset_code::REFUSED,
@@ -1073,21 +1167,34 @@ impl Session {
     // ----------------------------------------------------------------------------------------
     // Bookkeeping
 
+    /// Queues a control frame. Frames the peer caused count against `max_control_queue`; past
+    /// it the session closes with EXCESSIVE_LOAD. The others are always queued.
     fn push_control(&mut self, c: Control) {
-        if self.control.len() >= self.cfg.max_control_queue {
-            self.fail(
-                ErrorCode::ExcessiveLoad,
-                Bytes::from_static(b"too many control frames queued unread"),
-                false,
-            );
-            return;
+        if c.peer_caused() {
+            if self.control_counted >= self.cfg.max_control_queue {
+                self.fail(
+                    ErrorCode::ExcessiveLoad,
+                    Bytes::from_static(b"too many control frames queued unread"),
+                    false,
+                );
+                return;
+            }
+            self.control_counted += 1;
         }
         self.control.push_back(c);
     }
 
-    /// The application consumed `n` bytes of stream `id`: return credit when worthwhile.
+    fn pop_control(&mut self) -> Option<Control> {
+        let c = self.control.pop_front()?;
+        if c.peer_caused() {
+            self.control_counted -= 1;
+        }
+        Some(c)
+    }
+
+    /// The application consumed (or discarded) `n` bytes of stream `id`: return stream credit
+    /// when worthwhile. (Connection credit went back when the bytes were processed.)
     fn consumed(&mut self, id: StreamId, n: usize) {
-        self.return_conn_credit(n as u64);
         let Some(st) = self.streams.get_mut(&id) else {
             return;
         };
@@ -1111,6 +1218,10 @@ impl Session {
         }
     }
 
+    /// Grants the peer more streams when its remaining credit is down to half of
+    /// `max_incoming_streams`: the target is the streams it finished plus `max_incoming_streams`,
+    /// so that it can always have that many open at once. Evaluated whenever a peer stream is
+    /// accepted, refused or ends.
     fn maybe_grant_streams(&mut self) {
         let target = self
             .peer_done
@@ -1139,10 +1250,8 @@ impl Session {
             return;
         };
         self.queued_send_bytes -= st.queued();
-        let unread = st.buffered() as u64;
-        if unread > 0 {
-            self.return_conn_credit(unread);
-        }
+        self.recv_buffered -= st.buffered() as u64;
+        self.recv_growth -= u64::from(st.recv_window - INITIAL_STREAM_WINDOW);
         if !st.has(LOCAL) {
             self.peer_live -= 1;
             self.peer_done += 1;
@@ -1152,12 +1261,25 @@ impl Session {
         self.check_drained();
     }
 
+    /// Queues a stream (flagged `SEND_WAITING` by the caller) to be woken when the send buffer
+    /// has room. Entries of streams removed meanwhile are dropped when the queue has grown to
+    /// twice the live streams, so the queue stays bounded at amortised O(1) cost.
+    fn add_send_waiter(&mut self, id: StreamId) {
+        if self.send_waiters.len() >= 2 * self.streams.len() + 16 {
+            let streams = &self.streams;
+            self.send_waiters
+                .retain(|id| streams.get(id).is_some_and(|st| st.has(SEND_WAITING)));
+        }
+        self.send_waiters.push_back(id);
+    }
+
     fn wake_send_waiters(&mut self) {
         while self.queued_send_bytes < self.cfg.max_send_buffer / 2 {
             let Some(id) = self.send_waiters.pop_front() else {
                 break;
             };
             if let Some(st) = self.streams.get_mut(&id) {
+                st.flags &= !SEND_WAITING;
                 if st.has(WANT_WRITABLE) {
                     st.flags &= !WANT_WRITABLE;
                     self.events.push_back(Event::Writable(id));
@@ -1194,6 +1316,8 @@ impl Session {
         // Everything queued is moot now, except the preface: without it the peer could not
         // read the GOAWAY that explains the close.
         self.control.clear();
+        self.control_counted = 0;
+        self.ping_queued = false;
         if !self.preface_sent {
             self.control.push_back(Control::Preface);
         }
@@ -1211,6 +1335,8 @@ impl Session {
         self.ready.clear();
         self.send_waiters.clear();
         self.queued_send_bytes = 0;
+        self.recv_buffered = 0;
+        self.recv_growth = 0;
         self.partial = BytesMut::new();
         self.events.push_back(Event::Closed { code, remote });
     }
@@ -1230,7 +1356,7 @@ impl Session {
     pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<Bytes>, max_bytes: usize) -> usize {
         let mut total = 0;
         while total < max_bytes {
-            let Some(c) = self.control.pop_front() else {
+            let Some(c) = self.pop_control() else {
                 break;
             };
             total += self.emit_control(c, now, out);
@@ -1290,6 +1416,7 @@ impl Session {
             }
             Control::StreamWindow(id) => {
                 let max_window = self.cfg.max_stream_window;
+                let room = self.cfg.receive_budget.saturating_sub(self.recv_growth);
                 let srtt = self.srtt;
                 let Some(st) = self.streams.get_mut(&id) else {
                     return 0;
@@ -1301,9 +1428,11 @@ impl Session {
                 let mut extra = 0;
                 if let Some(rtt) = srtt {
                     if now - st.last_grant < rtt * 2 && st.recv_window < max_window {
+                        // Double, within the ceiling and the session's receive budget.
                         let grown = st.recv_window.saturating_mul(2).min(max_window);
-                        extra = grown - st.recv_window;
-                        st.recv_window = grown;
+                        extra = (grown - st.recv_window).min(room.min(u64::from(u32::MAX)) as u32);
+                        st.recv_window += extra;
+                        self.recv_growth += u64::from(extra);
                     }
                 }
                 let inc = st.recv_unacked + extra;
@@ -1327,8 +1456,18 @@ impl Session {
                 self.peer_limit = target;
                 Frame::MaxStreams { count: target }
             }
+            Control::Refuse(stream) => Frame::Reset {
+                stream,
+                code: reset_code::REFUSED,
+            },
             Control::Reset(stream, code) => Frame::Reset { stream, code },
-            Control::Ping(opaque) => Frame::Ping { ack: false, opaque },
+            Control::Ping => {
+                self.ping_queued = false;
+                let Some((opaque, _)) = self.ping_outstanding else {
+                    return 0;
+                };
+                Frame::Ping { ack: false, opaque }
+            }
             Control::Pong => {
                 let Some(opaque) = self.pong_value.take() else {
                     return 0;
@@ -1374,6 +1513,9 @@ impl Session {
             return 0;
         }
         st.flags |= SYN_SENT;
+        if syn {
+            self.local_syn_next = self.local_syn_next.max(index_of(id) + 1);
+        }
         if fin {
             st.flags |= FIN_SENT;
         }

@@ -194,6 +194,9 @@ pub enum ErrorCode {
     ExcessiveLoad = 8,
     /// The byte pipe under the session failed or ended (local only, never sent).
     Transport = 9,
+    /// The sender ended the session at once; open streams were discarded (a `close` without an
+    /// error while streams were alive, as opposed to the graceful drain of `NoError`).
+    Cancel = 10,
     /// Any code this version does not know.
     Unknown = 0xffff_ffff,
 }
@@ -212,6 +215,7 @@ impl ErrorCode {
             7 => ErrorCode::KeepaliveTimeout,
             8 => ErrorCode::ExcessiveLoad,
             9 => ErrorCode::Transport,
+            10 => ErrorCode::Cancel,
             _ => ErrorCode::Unknown,
         }
     }
@@ -230,6 +234,7 @@ impl std::fmt::Display for ErrorCode {
             ErrorCode::KeepaliveTimeout => "KEEPALIVE_TIMEOUT",
             ErrorCode::ExcessiveLoad => "EXCESSIVE_LOAD",
             ErrorCode::Transport => "TRANSPORT_ERROR",
+            ErrorCode::Cancel => "CANCEL",
             ErrorCode::Unknown => "UNKNOWN_ERROR",
         };
         f.write_str(s)
