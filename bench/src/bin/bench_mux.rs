@@ -59,10 +59,17 @@ impl Scale {
     }
 }
 
+/// The session config under test: defaults, except the stream limit the scenario needs and an
+/// optional frame size override for experiments (`MUX_MAX_FRAME=65536`).
 fn mux_config(max_streams: u32) -> Config {
+    let defaults = Config::default();
     Config {
         max_incoming_streams: max_streams,
-        ..Config::default()
+        max_frame_size: std::env::var("MUX_MAX_FRAME")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(defaults.max_frame_size),
+        ..defaults
     }
 }
 
@@ -391,21 +398,17 @@ async fn open_scaling(scale: &Scale) -> (f64, f64, usize) {
 
 // ---- idle memory (sans-IO, exact) --------------------------------------------------------------
 
-/// Heap bytes per idle open stream per endpoint: both ends of a session, opened in batches as
-/// an application would, with all frames delivered.
-fn idle_stream_bytes(streams: usize) -> f64 {
+/// Moves every pending byte between two sessions joined back to back, draining events, until
+/// neither has anything to send.
+fn shuttle(client: &mut Session, server: &mut Session, out: &mut Vec<bytes::Bytes>) {
     let now = Instant::ZERO;
-    let cfg = mux_config(streams as u32 + 1);
-    let mut client = Session::new(Role::Client, cfg.clone(), now);
-    let mut server = Session::new(Role::Server, cfg, now);
-    let mut out = Vec::new();
-    let mut shuttle = |client: &mut Session, server: &mut Session| loop {
+    loop {
         out.clear();
-        let mut moved = client.poll_transmit(now, &mut out, usize::MAX) > 0;
+        let mut moved = client.poll_transmit(now, out, usize::MAX) > 0;
         for b in out.drain(..) {
             server.handle_input(b, now);
         }
-        moved |= server.poll_transmit(now, &mut out, usize::MAX) > 0;
+        moved |= server.poll_transmit(now, out, usize::MAX) > 0;
         for b in out.drain(..) {
             client.handle_input(b, now);
         }
@@ -414,20 +417,57 @@ fn idle_stream_bytes(streams: usize) -> f64 {
         if !moved {
             break;
         }
-    };
-    shuttle(&mut client, &mut server);
-    let before = CountingAlloc::live_bytes();
+    }
+}
+
+/// A client and a server session joined back to back, with `open` idle streams between them.
+fn session_pair(open: usize, max_streams: usize) -> (Session, Session, Vec<bytes::Bytes>) {
+    let now = Instant::ZERO;
+    let cfg = mux_config(max_streams as u32);
+    let mut client = Session::new(Role::Client, cfg.clone(), now);
+    let mut server = Session::new(Role::Server, cfg, now);
+    let mut out = Vec::new();
+    shuttle(&mut client, &mut server, &mut out);
     let mut opened = 0;
-    while opened < streams {
-        for _ in 0..1000.min(streams - opened) {
+    while opened < open {
+        for _ in 0..1000.min(open - opened) {
             client.open(now).expect("open");
             opened += 1;
         }
-        shuttle(&mut client, &mut server);
+        shuttle(&mut client, &mut server, &mut out);
     }
+    (client, server, out)
+}
+
+/// Heap bytes per idle open stream per endpoint: both ends of a session, opened in batches as
+/// an application would, with all frames delivered.
+fn idle_stream_bytes(streams: usize) -> f64 {
+    let before = CountingAlloc::live_bytes();
+    let (client, server, out) = session_pair(streams, streams + 1);
     let after = CountingAlloc::live_bytes();
     assert_eq!(server.stream_count(), streams);
-    (after - before) as f64 / streams as f64 / 2.0
+    let sessions = 2 * std::mem::size_of::<Session>() as isize;
+    drop((client, server, out));
+    (after - before - sessions) as f64 / streams as f64 / 2.0
+}
+
+/// Stream opens per second in the sans-IO session alone (open, SYN delivered, accepted by the
+/// peer), with `open` streams already open: isolates the session's data structures.
+fn session_open_rate(open: usize, batch: usize) -> f64 {
+    let (mut client, mut server, mut out) = session_pair(open, open + batch + 1);
+    let now = Instant::ZERO;
+    let start = StdInstant::now();
+    let mut done = 0;
+    while done < batch {
+        for _ in 0..1000.min(batch - done) {
+            client.open(now).expect("open");
+            done += 1;
+        }
+        shuttle(&mut client, &mut server, &mut out);
+    }
+    let rate = batch as f64 / start.elapsed().as_secs_f64();
+    assert_eq!(server.stream_count(), open + batch);
+    rate
 }
 
 fn main() {
@@ -444,15 +484,49 @@ fn main() {
         .expect("tokio runtime");
     report("mode", if quick { "quick" } else { "full" });
     // For profiling: one long single-stream transfer and nothing else.
+    report("mux_max_frame_size", mux_config(1).max_frame_size);
     if std::env::args().any(|a| a == "--profile-one-stream") {
         let g = rt.block_on(mux_throughput(1, 4 << 30));
         report("mux_one_stream_gbps", format!("{g:.2}"));
+        return;
+    }
+    if std::env::args().any(|a| a == "--profile-open") {
+        let small = session_open_rate(1_000, 50_000);
+        let large = session_open_rate(1_000_000, 50_000);
+        report("mux_session_open_rate_at_1k", format!("{small:.0}"));
+        report("mux_session_open_rate_at_1m", format!("{large:.0}"));
+        report(
+            "mux_session_open_rate_ratio_1m_vs_1k",
+            format!("{:.3}", large / small),
+        );
+        return;
+    }
+    if std::env::args().any(|a| a == "--profile-many-streams") {
+        let g = rt.block_on(mux_throughput(100, 40 << 20));
+        report("mux_100_streams_gbps", format!("{g:.2}"));
         return;
     }
 
     let idle = idle_stream_bytes(scale.idle_streams);
     report("mux_idle_stream_bytes", format!("{idle:.1}"));
     report("mux_idle_streams_measured", scale.idle_streams);
+    let (mut small, mut large) = (Vec::new(), Vec::new());
+    for _ in 0..scale.rounds.max(3) {
+        small.push(session_open_rate(1_000, scale.open_batch));
+        large.push(session_open_rate(scale.big_open, scale.open_batch));
+    }
+    report(
+        "mux_session_open_rate_at_1k",
+        format!("{:.0}", median(&small)),
+    );
+    report(
+        "mux_session_open_rate_at_1m",
+        format!("{:.0}", median(&large)),
+    );
+    report(
+        "mux_session_open_rate_ratio_1m_vs_1k",
+        format!("{:.3}", median(&large) / median(&small)),
+    );
 
     rt.block_on(async {
         let (mut r_mux, mut r_yamux, mut r_many) = (Vec::new(), Vec::new(), Vec::new());
