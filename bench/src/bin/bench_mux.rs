@@ -452,22 +452,33 @@ fn idle_stream_bytes(streams: usize) -> f64 {
 }
 
 /// Stream opens per second in the sans-IO session alone (open, SYN delivered, accepted by the
-/// peer), with `open` streams already open: isolates the session's data structures.
-fn session_open_rate(open: usize, batch: usize) -> f64 {
+/// peer), with `open` streams already open: isolates the session's data structures. Each of
+/// `rounds` batches is opened, timed, then reset, so later rounds see the steady state at that
+/// size (no table growth); returns the median.
+fn session_open_rate(open: usize, batch: usize, rounds: usize) -> f64 {
     let (mut client, mut server, mut out) = session_pair(open, open + batch + 1);
     let now = Instant::ZERO;
-    let start = StdInstant::now();
-    let mut done = 0;
-    while done < batch {
-        for _ in 0..1000.min(batch - done) {
-            client.open(now).expect("open");
-            done += 1;
+    let mut rates = Vec::new();
+    for _ in 0..rounds {
+        let start = StdInstant::now();
+        let mut ids = Vec::with_capacity(batch);
+        while ids.len() < batch {
+            for _ in 0..1000.min(batch - ids.len()) {
+                ids.push(client.open(now).expect("open"));
+            }
+            shuttle(&mut client, &mut server, &mut out);
+        }
+        rates.push(batch as f64 / start.elapsed().as_secs_f64());
+        assert_eq!(server.stream_count(), open + batch);
+        for id in ids {
+            client
+                .reset(id, svcnet_core::mux::reset_code::CANCEL)
+                .expect("reset");
         }
         shuttle(&mut client, &mut server, &mut out);
+        assert_eq!(server.stream_count(), open);
     }
-    let rate = batch as f64 / start.elapsed().as_secs_f64();
-    assert_eq!(server.stream_count(), open + batch);
-    rate
+    median(&rates)
 }
 
 fn main() {
@@ -491,8 +502,8 @@ fn main() {
         return;
     }
     if std::env::args().any(|a| a == "--profile-open") {
-        let small = session_open_rate(1_000, 50_000);
-        let large = session_open_rate(1_000_000, 50_000);
+        let small = session_open_rate(1_000, 50_000, 5);
+        let large = session_open_rate(1_000_000, 50_000, 5);
         report("mux_session_open_rate_at_1k", format!("{small:.0}"));
         report("mux_session_open_rate_at_1m", format!("{large:.0}"));
         report(
@@ -510,22 +521,14 @@ fn main() {
     let idle = idle_stream_bytes(scale.idle_streams);
     report("mux_idle_stream_bytes", format!("{idle:.1}"));
     report("mux_idle_streams_measured", scale.idle_streams);
-    let (mut small, mut large) = (Vec::new(), Vec::new());
-    for _ in 0..scale.rounds.max(3) {
-        small.push(session_open_rate(1_000, scale.open_batch));
-        large.push(session_open_rate(scale.big_open, scale.open_batch));
-    }
-    report(
-        "mux_session_open_rate_at_1k",
-        format!("{:.0}", median(&small)),
-    );
-    report(
-        "mux_session_open_rate_at_1m",
-        format!("{:.0}", median(&large)),
-    );
+    let rounds = scale.rounds.max(3);
+    let small = session_open_rate(1_000, scale.open_batch, rounds);
+    let large = session_open_rate(scale.big_open, scale.open_batch, rounds);
+    report("mux_session_open_rate_at_1k", format!("{small:.0}"));
+    report("mux_session_open_rate_at_1m", format!("{large:.0}"));
     report(
         "mux_session_open_rate_ratio_1m_vs_1k",
-        format!("{:.3}", median(&large) / median(&small)),
+        format!("{:.3}", large / small),
     );
 
     rt.block_on(async {
