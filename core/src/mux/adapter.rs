@@ -31,6 +31,11 @@ const READ_CHUNK: usize = 256 * 1024;
 const MAX_SPARE_BLOCKS: usize = 4;
 /// Bytes taken from the session per transmit round.
 const WRITE_BATCH: usize = 512 * 1024;
+/// Tasks remembered as waiting to open or accept before the list is flushed.
+const MAX_WAITING_TASKS: usize = 1024;
+/// How long a session closed with a code that must reach the peer (GOAWAY) may wait for a
+/// blocked pipe before the driver gives up on delivering it.
+const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(5);
 /// Loop rounds before the driver yields to its executor.
 const ROUNDS_BEFORE_YIELD: usize = 64;
 
@@ -57,8 +62,11 @@ struct Shared {
     waiters: FxHashMap<StreamId, Waiters>,
     /// Streams reset by the peer (or refused) whose handles are still alive: their code.
     resets: FxHashMap<StreamId, u32>,
+    /// Streams the peer opened, in order, for `accept`; ids no longer in `unaccepted` (reset
+    /// before anyone took them) are skipped and compacted away.
     incoming: std::collections::VecDeque<StreamId>,
-    accept_waker: Option<Waker>,
+    unaccepted: rustc_hash::FxHashSet<StreamId>,
+    accept_wakers: Vec<Waker>,
     open_wakers: Vec<Waker>,
     driver_waker: Option<Waker>,
     /// Set once the driver has stopped; every later operation fails with this.
@@ -66,12 +74,12 @@ struct Shared {
 }
 
 impl Shared {
-    /// Wakes the driver if the session has output waiting.
-    fn kick(&mut self) {
-        if self.session.wants_transmit() {
-            if let Some(w) = self.driver_waker.take() {
-                w.wake();
-            }
+    /// After an application operation: routes the session's events and wakes the driver if
+    /// there is output to send or the session has ended (it must then finish).
+    fn settle(&mut self, wake: &mut Vec<Waker>) {
+        self.dispatch_events(wake);
+        if self.session.wants_transmit() || self.session.is_closed().is_some() {
+            wake.extend(self.driver_waker.take());
         }
     }
 
@@ -82,7 +90,8 @@ impl Shared {
             match ev {
                 Event::Opened(id) => {
                     self.incoming.push_back(id);
-                    wake.extend(self.accept_waker.take());
+                    self.unaccepted.insert(id);
+                    wake.append(&mut self.accept_wakers);
                 }
                 Event::Readable(id) => {
                     if let Some(w) = self.waiters.get_mut(&id) {
@@ -97,6 +106,15 @@ impl Shared {
                     }
                 }
                 Event::Reset { stream, code } => {
+                    if self.unaccepted.remove(&stream) {
+                        // Nobody holds it: forget it (a peer opening and resetting streams
+                        // faster than the application accepts must not grow our state).
+                        if self.incoming.len() > 2 * self.unaccepted.len() + 64 {
+                            let live = &self.unaccepted;
+                            self.incoming.retain(|id| live.contains(id));
+                        }
+                        continue;
+                    }
                     self.resets.insert(stream, code);
                     if let Some(w) = self.waiters.remove(&stream) {
                         wake.extend(w.read);
@@ -126,8 +144,20 @@ impl Shared {
             wake.extend(w.read);
             wake.extend(w.write);
         }
-        wake.extend(self.accept_waker.take());
+        wake.append(&mut self.accept_wakers);
         wake.append(&mut self.open_wakers);
+    }
+
+    /// Remembers `waker` in `list` once; a list grown past a bound (tasks that gave up waiting)
+    /// is woken and emptied, and live waiters simply register again.
+    fn register(list: &mut Vec<Waker>, waker: &Waker, wake: &mut Vec<Waker>) {
+        if list.iter().any(|w| w.will_wake(waker)) {
+            return;
+        }
+        if list.len() >= MAX_WAITING_TASKS {
+            wake.append(list);
+        }
+        list.push(waker.clone());
     }
 
     fn closed_code(&self) -> Option<ErrorCode> {
@@ -140,7 +170,43 @@ struct Inner {
     clock: Arc<dyn Clock>,
 }
 
+/// The lock held for an application operation: on release it settles the session (routes
+/// events, wakes the driver when needed) and wakes tasks only after the mutex is unlocked, so an
+/// executor that polls inline on wake cannot deadlock on it.
+struct Op<'a> {
+    guard: Option<MutexGuard<'a, Shared>>,
+}
+
+impl std::ops::Deref for Op<'_> {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        self.guard.as_ref().expect("held until drop")
+    }
+}
+
+impl std::ops::DerefMut for Op<'_> {
+    fn deref_mut(&mut self) -> &mut Shared {
+        self.guard.as_mut().expect("held until drop")
+    }
+}
+
+impl Drop for Op<'_> {
+    fn drop(&mut self) {
+        let mut wake = Vec::new();
+        if let Some(mut sh) = self.guard.take() {
+            sh.settle(&mut wake);
+        }
+        wake.into_iter().for_each(Waker::wake);
+    }
+}
+
 impl Inner {
+    fn op(&self) -> Op<'_> {
+        Op {
+            guard: Some(self.lock()),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Shared> {
         // A panic elsewhere while holding the lock leaves the session in a state we still trust
         // no less than the panicking code did; keep serving instead of cascading panics.
@@ -187,16 +253,13 @@ struct HandleGuard {
 
 impl Drop for HandleGuard {
     fn drop(&mut self) {
-        let mut sh = self.inner.lock();
+        let mut sh = self.inner.op();
         while let Some(id) = sh.incoming.pop_front() {
-            let _ = sh.session.reset(id, super::reset_code::REFUSED);
+            if sh.unaccepted.remove(&id) {
+                let _ = sh.session.reset(id, super::reset_code::REFUSED);
+            }
         }
         sh.session.go_away();
-        let mut wake = Vec::new();
-        sh.dispatch_events(&mut wake);
-        wake.extend(sh.driver_waker.take());
-        drop(sh);
-        wake.into_iter().for_each(Waker::wake);
     }
 }
 
@@ -218,7 +281,14 @@ pub struct Driver<T> {
     stage: BytesMut,
     stage_off: usize,
     sleep: Option<(Instant, Sleep)>,
-    pipe_closed: bool,
+    /// A flush of the pipe returned Pending and must be retried until it completes (buffering
+    /// pipes such as TLS hold written bytes until flushed).
+    flush_pending: bool,
+    /// Once the session has closed: the instant after which undelivered output is abandoned.
+    linger: Option<(Instant, Sleep)>,
+    /// The pipe's read error, reported as the driver's result.
+    pipe_error: Option<io::Error>,
+    done: bool,
 }
 
 impl Connection {
@@ -239,7 +309,8 @@ impl Connection {
                 waiters: FxHashMap::default(),
                 resets: FxHashMap::default(),
                 incoming: Default::default(),
-                accept_waker: None,
+                unaccepted: Default::default(),
+                accept_wakers: Vec::new(),
                 open_wakers: Vec::new(),
                 driver_waker: None,
                 finished: None,
@@ -256,7 +327,10 @@ impl Connection {
             stage: BytesMut::new(),
             stage_off: 0,
             sleep: None,
-            pipe_closed: false,
+            flush_pending: false,
+            linger: None,
+            pipe_error: None,
+            done: false,
         };
         let handle = Arc::new(HandleGuard {
             inner: inner.clone(),
@@ -279,19 +353,17 @@ impl Connection {
     /// Poll form of [`Connection::open`].
     pub fn poll_open(&self, cx: &mut Context<'_>) -> Poll<io::Result<Stream>> {
         let now = self.inner.clock.now();
-        let mut sh = self.inner.lock();
+        let mut sh = self.inner.op();
         if let Some(code) = sh.finished {
             return Poll::Ready(Err(closed_error(code, "")));
         }
         match sh.session.open(now) {
-            Ok(id) => {
-                sh.kick();
-                Poll::Ready(Ok(Stream::new(id, self.inner.clone())))
-            }
+            Ok(id) => Poll::Ready(Ok(Stream::new(id, self.inner.clone()))),
             Err(OpenError::Limit) => {
-                if !sh.open_wakers.iter().any(|w| w.will_wake(cx.waker())) {
-                    sh.open_wakers.push(cx.waker().clone());
-                }
+                let mut wake = Vec::new();
+                Shared::register(&mut sh.open_wakers, cx.waker(), &mut wake);
+                drop(sh);
+                wake.into_iter().for_each(Waker::wake);
                 Poll::Pending
             }
             Err(OpenError::GoingAway) => Poll::Ready(Err(io::Error::new(
@@ -315,37 +387,30 @@ impl Connection {
 
     /// Poll form of [`Connection::accept`].
     pub fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<Option<Stream>> {
-        let mut sh = self.inner.lock();
-        if let Some(id) = sh.incoming.pop_front() {
-            return Poll::Ready(Some(Stream::new(id, self.inner.clone())));
+        let mut sh = self.inner.op();
+        while let Some(id) = sh.incoming.pop_front() {
+            if sh.unaccepted.remove(&id) {
+                return Poll::Ready(Some(Stream::new(id, self.inner.clone())));
+            }
         }
         if sh.closed_code().is_some() {
             return Poll::Ready(None);
         }
-        sh.accept_waker = Some(cx.waker().clone());
+        let mut wake = Vec::new();
+        Shared::register(&mut sh.accept_wakers, cx.waker(), &mut wake);
+        drop(sh);
+        wake.into_iter().for_each(Waker::wake);
         Poll::Pending
     }
 
     /// Starts a graceful drain (GOAWAY): no new streams, open ones finish, then the session ends.
     pub fn go_away(&self) {
-        let mut sh = self.inner.lock();
-        sh.session.go_away();
-        let mut wake = Vec::new();
-        sh.dispatch_events(&mut wake);
-        sh.kick();
-        drop(sh);
-        wake.into_iter().for_each(Waker::wake);
+        self.inner.op().session.go_away();
     }
 
     /// Ends the session at once, telling the peer `code` and `message`.
     pub fn close(&self, code: ErrorCode, message: &str) {
-        let mut sh = self.inner.lock();
-        sh.session.close(code, message);
-        let mut wake = Vec::new();
-        sh.dispatch_events(&mut wake);
-        wake.extend(sh.driver_waker.take());
-        drop(sh);
-        wake.into_iter().for_each(Waker::wake);
+        self.inner.op().session.close(code, message);
     }
 
     /// The session's counters.
@@ -370,7 +435,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         }
         match Pin::new(&mut self.pipe).poll_read(cx, &mut self.read_buf) {
             Poll::Pending => false,
-            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+            Poll::Ready(r @ (Ok(0) | Err(_))) => {
+                if let Err(e) = r {
+                    self.pipe_error = Some(e);
+                }
                 self.read_done = true;
                 let now = self.inner.clock.now();
                 let mut sh = self.inner.lock();
@@ -395,7 +463,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
     fn next_read_block(&mut self) {
         let mut old = std::mem::take(&mut self.read_buf);
         old.clear();
-        if self.spare_blocks.len() < MAX_SPARE_BLOCKS {
+        if old.capacity() > 0 && self.spare_blocks.len() < MAX_SPARE_BLOCKS {
             self.spare_blocks.push(old);
         }
         for i in 0..self.spare_blocks.len() {
@@ -425,10 +493,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                 drop(sh);
                 if n == 0 {
                     self.out.clear();
-                    // Nothing to send: push what was written out of any pipe buffer.
-                    if moved {
-                        if let Poll::Ready(Err(e)) = Pin::new(&mut self.pipe).poll_flush(cx) {
-                            return Err(e);
+                    // Nothing to send: push what was written out of any pipe buffer, and keep
+                    // trying until the pipe says it is done.
+                    if moved || self.flush_pending {
+                        match Pin::new(&mut self.pipe).poll_flush(cx) {
+                            Poll::Ready(Ok(())) => self.flush_pending = false,
+                            Poll::Ready(Err(e)) => return Err(e),
+                            Poll::Pending => self.flush_pending = true,
                         }
                     }
                     return Ok(moved);
@@ -493,17 +564,60 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
     }
 }
 
+impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
+    /// With the session closed: delivers its last bytes (the GOAWAY) within [`CLOSE_LINGER`],
+    /// closes the pipe, and returns the driver's result once done.
+    fn poll_closing(
+        &mut self,
+        code: ErrorCode,
+        cx: &mut Context<'_>,
+        wake: &mut Vec<Waker>,
+    ) -> Option<io::Result<()>> {
+        let now = self.inner.clock.now();
+        // After a dead link or a broken pipe nothing can be delivered: do not wait on it.
+        let hopeless = matches!(code, ErrorCode::KeepaliveTimeout | ErrorCode::Transport);
+        if self.linger.is_none() {
+            let deadline = now + CLOSE_LINGER;
+            self.linger = Some((deadline, self.inner.clock.sleep_until(deadline)));
+        }
+        let (deadline, sleep) = self.linger.as_mut().expect("armed");
+        let expired = now >= *deadline || sleep.as_mut().poll(cx).is_ready();
+        let flushed = self.stage_off == self.stage.len()
+            && !self.flush_pending
+            && !self.inner.lock().session.wants_transmit();
+        if !hopeless && !expired {
+            if !flushed {
+                return None;
+            }
+            if Pin::new(&mut self.pipe).poll_close(cx).is_pending() {
+                return None;
+            }
+        }
+        let msg = self.inner.lock().session.close_message();
+        let result = if code == ErrorCode::NoError {
+            Ok(())
+        } else {
+            Err(code)
+        };
+        self.finish(result, wake);
+        Some(match (result, self.pipe_error.take()) {
+            (Err(ErrorCode::Transport), Some(e)) => Err(e),
+            (r, _) => r.map_err(|c| closed_error(c, &msg)),
+        })
+    }
+}
+
 impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
     type Output = io::Result<()>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(Ok(()));
+        }
         let mut wake = Vec::new();
         let mut rounds = 0;
         let result = loop {
-            if this.pipe_closed {
-                break None;
-            }
             let mut moved = this.pump_input(cx, &mut wake);
             match this.pump_output(cx, &mut wake) {
                 Ok(m) => moved |= m,
@@ -514,7 +628,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
                     sh.dispatch_events(&mut wake);
                     drop(sh);
                     this.finish(Err(ErrorCode::Transport), &mut wake);
-                    break Some(Err(e));
+                    break Err(e);
                 }
             }
             moved |= this.pump_timers(cx, &mut wake);
@@ -523,30 +637,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
 
             let closed = this.inner.lock().session.is_closed();
             if let Some(code) = closed {
-                if this.stage_off == this.stage.len() && !this.inner.lock().session.wants_transmit()
-                {
-                    // Last bytes (the GOAWAY) are out: close the pipe and report.
-                    match Pin::new(&mut this.pipe).poll_close(cx) {
-                        Poll::Pending => {}
-                        Poll::Ready(_) => {
-                            this.pipe_closed = true;
-                            let msg = this.inner.lock().session.close_message();
-                            let r = if code == ErrorCode::NoError {
-                                Ok(())
-                            } else {
-                                Err(code)
-                            };
-                            this.finish(r, &mut wake);
-                            break Some(r.map_err(|c| closed_error(c, &msg)));
-                        }
-                    }
+                match this.poll_closing(code, cx, &mut wake) {
+                    Some(r) => break r,
+                    // Waiting for the pipe or the linger timer, both of which wake us.
+                    None if !moved => return Poll::Pending,
+                    None => {}
                 }
-            }
-            if !moved {
+            } else if !moved {
                 let mut sh = this.inner.lock();
                 sh.driver_waker = Some(cx.waker().clone());
-                // Output may have been queued between the last transmit and now.
-                if !sh.session.wants_transmit() || this.stage_off < this.stage.len() {
+                // Output may have been queued, or the session closed, since we last looked.
+                if (!sh.session.wants_transmit() || this.stage_off < this.stage.len())
+                    && sh.session.is_closed().is_none()
+                {
                     return Poll::Pending;
                 }
                 sh.driver_waker = None;
@@ -557,11 +660,30 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
                 return Poll::Pending;
             }
         };
+        this.done = true;
         wake.into_iter().for_each(Waker::wake);
-        match result {
-            Some(r) => Poll::Ready(r),
-            None => Poll::Ready(Ok(())),
+        Poll::Ready(result)
+    }
+}
+
+impl<T> Drop for Driver<T> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
         }
+        // Dropped before the session ended (task aborted, runtime shut down): the pipe goes
+        // with it, so every stream and every waiting task must learn that now.
+        let now = self.inner.clock.now();
+        let mut wake = Vec::new();
+        let mut sh = self.inner.lock();
+        sh.session.handle_eof(now);
+        sh.dispatch_events(&mut wake);
+        if sh.finished.is_none() {
+            sh.finished = Some(sh.session.is_closed().unwrap_or(ErrorCode::Transport));
+        }
+        sh.wake_all(&mut wake);
+        drop(sh);
+        wake.into_iter().for_each(Waker::wake);
     }
 }
 
@@ -591,12 +713,11 @@ impl Stream {
     /// Aborts both directions, telling the peer `code`.
     pub fn reset(mut self, code: u32) {
         self.released = true;
-        let mut sh = self.inner.lock();
+        let mut sh = self.inner.op();
         if sh.resets.remove(&self.id).is_none() {
             let _ = sh.session.reset(self.id, code);
         }
         sh.waiters.remove(&self.id);
-        sh.kick();
     }
 
     fn error(&self, sh: &Shared, e: StreamError) -> io::Error {
@@ -622,14 +743,13 @@ impl AsyncRead for Stream {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        let mut sh = self.inner.lock();
+        let mut sh = self.inner.op();
         if let Some(code) = sh.resets.get(&self.id) {
             return Poll::Ready(Err(reset_error(self.id, *code)));
         }
         match sh.session.read(self.id, buf) {
             Ok(n) => {
-                // Reading may return credit to the peer.
-                sh.kick();
+                // Reading may return credit to the peer: the op's release wakes the driver.
                 Poll::Ready(Ok(n))
             }
             Err(StreamError::Blocked) => {
@@ -641,11 +761,7 @@ impl AsyncRead for Stream {
             }
             // After the local FIN was sent and the peer's FIN read, the stream is gone: EOF.
             Err(StreamError::UnknownStream) if !sh.resets.contains_key(&self.id) => {
-                if sh.finished.is_some() || sh.session.is_closed().is_some() {
-                    Poll::Ready(Err(self.error(&sh, StreamError::UnknownStream)))
-                } else {
-                    Poll::Ready(Ok(0))
-                }
+                Poll::Ready(Ok(0))
             }
             Err(e) => Poll::Ready(Err(self.error(&sh, e))),
         }
@@ -658,15 +774,12 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let mut sh = self.inner.lock();
+        let mut sh = self.inner.op();
         if let Some(code) = sh.resets.get(&self.id) {
             return Poll::Ready(Err(reset_error(self.id, *code)));
         }
         match sh.session.write(self.id, buf) {
-            Ok(n) => {
-                sh.kick();
-                Poll::Ready(Ok(n))
-            }
+            Ok(n) => Poll::Ready(Ok(n)),
             Err(StreamError::Blocked) => {
                 if let Some(code) = sh.finished {
                     return Poll::Ready(Err(closed_error(code, "")));
@@ -690,14 +803,13 @@ impl AsyncWrite for Stream {
     }
 
     fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut sh = self.inner.lock();
+        let mut sh = self.inner.op();
         if let Some(code) = sh.resets.get(&self.id) {
             return Poll::Ready(Err(reset_error(self.id, *code)));
         }
         match sh.session.finish(self.id) {
             // Finishing twice, or after the stream completed, is a no-op for close().
             Ok(()) | Err(StreamError::Finished) | Err(StreamError::UnknownStream) => {
-                sh.kick();
                 Poll::Ready(Ok(()))
             }
             Err(e) => Poll::Ready(Err(self.error(&sh, e))),
@@ -710,12 +822,11 @@ impl Drop for Stream {
         if self.released {
             return;
         }
-        let mut sh = self.inner.lock();
+        let mut sh = self.inner.op();
         sh.waiters.remove(&self.id);
         if sh.resets.remove(&self.id).is_none() {
             sh.session.detach(self.id);
         }
-        sh.kick();
     }
 }
 
