@@ -1110,3 +1110,122 @@ fn frames_on_a_stream_whose_syn_has_not_left_are_stream_id_errors() {
     );
     assert_eq!(c.is_closed(), None);
 }
+
+// ---- ordering of GOAWAY and SYN; graceful end of the pipe ---------------------------------
+
+#[test]
+fn go_away_leaves_after_the_syn_of_a_stream_opened_before_it() {
+    for warm in [false, true] {
+        let mut p = Pair::new(21);
+        if warm {
+            p.run_until_idle();
+        }
+        let id = p.client.open(p.now).unwrap();
+        p.client.write(id, b"request").unwrap();
+        p.client.go_away();
+        p.run_until_idle();
+        assert_eq!(opened(&p.server_events), vec![id], "warm {warm}");
+        assert!(p.server_events.contains(&Event::GoAway {
+            code: ErrorCode::NoError,
+            last_stream: 0
+        }));
+        let mut got = Vec::new();
+        drain(&mut p.server, id, &mut got);
+        assert_eq!(got, b"request");
+        p.server.write(id, b"response").unwrap();
+        p.server.finish(id).unwrap();
+        p.client.finish(id).unwrap();
+        p.run_until_idle();
+        let mut resp = Vec::new();
+        assert!(drain(&mut p.client, id, &mut resp));
+        assert!(drain(&mut p.server, id, &mut got));
+        assert_eq!(resp, b"response");
+        p.run_until_idle();
+        assert_eq!(closed(&p.client_events), Some((ErrorCode::NoError, false)));
+        assert_eq!(closed(&p.server_events), Some((ErrorCode::NoError, true)));
+    }
+}
+
+/// The server answers, finishes, goes away and (having no stream left) closes the pipe: the
+/// client keeps the complete response readable and closes with NO_ERROR once it has read it.
+#[test]
+fn a_response_received_in_full_survives_the_peers_graceful_close() {
+    let mut p = Pair::new(22);
+    let id = p.client.open(p.now).unwrap();
+    p.client.write(id, b"request").unwrap();
+    p.client.finish(id).unwrap();
+    p.run_until_idle();
+    let mut got = Vec::new();
+    assert!(drain(&mut p.server, id, &mut got));
+    assert_eq!(got, b"request");
+    p.server.write(id, b"response").unwrap();
+    p.server.finish(id).unwrap();
+    p.server.go_away();
+    p.run_until_idle();
+    assert_eq!(closed(&p.server_events), Some((ErrorCode::NoError, false)));
+    // The server's driver closes the pipe.
+    p.client.handle_eof(p.now);
+    while let Some(e) = p.client.poll_event() {
+        p.client_events.push(e);
+    }
+    assert_eq!(closed(&p.client_events), None, "{:?}", p.client_events);
+    assert!(!p.client.wants_transmit());
+    let mut resp = Vec::new();
+    assert!(drain(&mut p.client, id, &mut resp));
+    assert_eq!(resp, b"response");
+    while let Some(e) = p.client.poll_event() {
+        p.client_events.push(e);
+    }
+    assert_eq!(closed(&p.client_events), Some((ErrorCode::NoError, true)));
+    assert_eq!(p.client.stream_count(), 0);
+}
+
+/// After the pipe ended, streams whose input is complete stay readable while nothing more can be
+/// sent: queued output is dropped, writes fail, timers stop; a stream whose input is incomplete
+/// still fails the session.
+#[test]
+fn after_the_pipe_ends_complete_streams_stay_readable_and_nothing_is_sent() {
+    let mut p = Pair::new(23);
+    let id = p.client.open(p.now).unwrap();
+    p.client.write(id, b"request").unwrap();
+    p.run_until_idle();
+    p.server.write(id, b"response").unwrap();
+    p.server.finish(id).unwrap();
+    p.run_until_idle();
+    // Output queued on the stream and an unanswered PING are pending when the pipe ends.
+    p.client.write(id, b"more").unwrap();
+    p.client.handle_timeout(p.now + Duration::from_secs(10));
+    assert!(p.client.wants_transmit());
+    p.client.handle_eof(p.now);
+    assert!(!p.client.wants_transmit());
+    let mut out = Vec::new();
+    assert_eq!(p.client.poll_transmit(p.now, &mut out, usize::MAX), 0);
+    assert!(out.is_empty());
+    assert_eq!(p.client.stats().queued_send_bytes, 0);
+    assert_eq!(p.client.poll_timeout(), None);
+    p.client.handle_timeout(p.now + Duration::from_secs(3600));
+    assert_eq!(p.client.write(id, b"x"), Err(StreamError::Finished));
+    assert_eq!(p.client.open(p.now), Err(OpenError::GoingAway));
+    let mut resp = Vec::new();
+    assert!(drain(&mut p.client, id, &mut resp));
+    assert_eq!(resp, b"response");
+    let mut events = Vec::new();
+    while let Some(e) = p.client.poll_event() {
+        events.push(e);
+    }
+    assert_eq!(closed(&events), Some((ErrorCode::NoError, true)));
+
+    // One complete stream and one incomplete: the pipe ending is a transport error.
+    let mut p = Pair::new(24);
+    let a = p.client.open(p.now).unwrap();
+    let b = p.client.open(p.now).unwrap();
+    p.client.write(a, b"a").unwrap();
+    p.client.write(b, b"b").unwrap();
+    p.run_until_idle();
+    p.server.write(a, b"done").unwrap();
+    p.server.finish(a).unwrap();
+    p.server.write(b, b"partial").unwrap();
+    p.run_until_idle();
+    p.client.handle_eof(p.now);
+    assert_eq!(p.client.is_closed(), Some(ErrorCode::Transport));
+}

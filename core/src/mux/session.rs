@@ -23,7 +23,8 @@ pub const INITIAL_MAX_STREAMS: u32 = 100;
 const MAX_RECEIVE_BUDGET: u64 = 1 << 40;
 
 /// Payloads smaller than this are copied out of the input buffer, so that a few bytes left unread
-/// do not pin a large receive buffer.
+/// do not pin a large receive buffer. Larger ones are copied too when the stream already has
+/// unread data (see `on_stream_data`): at most one pinned read block per stream with buffered data.
 const COPY_BELOW: usize = 4096;
 /// Small writes are appended to the previous chunk up to this size, so they leave as one frame.
 const COALESCE_BELOW: usize = 16 * 1024;
@@ -382,6 +383,10 @@ impl StreamTable {
     fn keys(&self) -> impl Iterator<Item = &StreamId> + '_ {
         self.slab.chunks.iter().flatten().map(|(id, _)| id)
     }
+    /// The live streams, in no particular order.
+    fn entries_mut(&mut self) -> impl Iterator<Item = &mut (StreamId, Stream)> + '_ {
+        self.slab.chunks.iter_mut().flatten()
+    }
 }
 
 /// Streams per slab chunk.
@@ -439,13 +444,23 @@ const VACANT: u32 = u32::MAX;
 /// Entries a window may hold beyond four per live stream before its oldest move to the map.
 /// Unit tests use a small slack so that their short runs exercise the map.
 const WINDOW_SLACK: usize = if cfg!(test) { 8 } else { 1024 };
+/// The far map is shrunk once it is under a quarter full, unless its capacity is this small.
+const FAR_MIN_CAPACITY: usize = 64;
 
 /// Slab slots of one side's streams, by stream index (`(id - 1) / 2`).
 ///
 /// Recent indices live in a dense window (an array lookup, and sequential opens touch adjacent
 /// memory). A long-lived old stream would make the window span every id opened since, so once
 /// the window is over four times its live entries (plus slack), its oldest entries move to a
-/// hash map. Each index moves at most once: O(1) amortized, memory O(live streams).
+/// hash map. A peer may skip many ids at once (up to its stream credit, 2^30): an index that far
+/// beyond the window moves the window's live entries to the map and restarts the window there,
+/// so skipped ids cost nothing. Each index moves at most once: O(1) amortized.
+///
+/// Memory follows the live streams, not the peak: after every operation the window spans at
+/// most `4 × live_in_window + WINDOW_SLACK + 1` entries, its capacity is at most four times its
+/// length plus the slack, and the map's capacity is at most about four times its entries (or
+/// [`FAR_MIN_CAPACITY`]). Shrinking reallocates only after the length has fallen to a quarter of
+/// the capacity, so its cost is paid by the removals before it.
 #[derive(Default)]
 struct SideIndex {
     base: u32,
@@ -474,8 +489,24 @@ impl SideIndex {
         if self.window.is_empty() {
             self.base = index;
         }
-        let off = (index - self.base) as usize;
+        let mut off = (index - self.base) as usize;
         if off >= self.window.len() {
+            if off > 4 * (self.live_in_window + 1) + WINDOW_SLACK {
+                // A large skip: growing the window would allocate for every skipped index (and
+                // the next compaction would pop them one by one). Move the live entries to the
+                // map and restart the window at `index`. The window was at most
+                // `4 × live + slack` long, each entry of it is visited once here.
+                let base = self.base;
+                for (i, &s) in self.window.iter().enumerate() {
+                    if s != VACANT {
+                        self.far.insert(base + i as u32, s);
+                    }
+                }
+                self.window.clear();
+                self.live_in_window = 0;
+                self.base = index;
+                off = 0;
+            }
             self.window.resize(off + 1, VACANT);
         }
         if self.window[off] == VACANT {
@@ -487,7 +518,13 @@ impl SideIndex {
 
     fn remove(&mut self, index: u32) -> Option<u32> {
         if index < self.base {
-            return self.far.remove(&index);
+            let slot = self.far.remove(&index)?;
+            if self.far.capacity() > FAR_MIN_CAPACITY && self.far.len() < self.far.capacity() / 4 {
+                // Sparse: give the memory back. The capacity after this is below twice the
+                // length, so the length must halve again before the next shrink.
+                self.far.shrink_to(self.far.len());
+            }
+            return Some(slot);
         }
         let entry = self.window.get_mut((index - self.base) as usize)?;
         if *entry == VACANT {
@@ -511,8 +548,11 @@ impl SideIndex {
             }
             self.base += 1;
         }
-        if self.window.is_empty() && self.window.capacity() > 4096 {
-            self.window = VecDeque::new();
+        if self.window.capacity() > 4 * self.window.len() + WINDOW_SLACK {
+            // The length fell to under a quarter of the capacity: shrink to twice the length
+            // (plus half the slack), so that it must halve again before the next shrink.
+            self.window
+                .shrink_to(2 * self.window.len() + WINDOW_SLACK / 2);
         }
     }
 }
@@ -603,6 +643,9 @@ pub struct Session {
     events: VecDeque<Event>,
 
     // Input.
+    /// The pipe ended while every live stream's input was complete (see
+    /// [`Session::handle_eof`]): the streams stay readable, nothing more is sent.
+    input_ended: bool,
     preface_ok: bool,
     preface_sent: bool,
     partial: BytesMut,
@@ -660,6 +703,7 @@ impl Session {
             send_waiters: VecDeque::new(),
             scratch: BytesMut::new(),
             events: VecDeque::new(),
+            input_ended: false,
             preface_ok: false,
             preface_sent: false,
             partial: BytesMut::new(),
@@ -945,7 +989,7 @@ impl Session {
 
     /// Feeds bytes received from the pipe.
     pub fn handle_input(&mut self, mut data: Bytes, now: Instant) {
-        if self.is_closed().is_some() || data.is_empty() {
+        if self.is_closed().is_some() || self.input_ended || data.is_empty() {
             return;
         }
         self.last_input = now;
@@ -1027,20 +1071,73 @@ impl Session {
     }
 
     /// The pipe ended (the peer closed it, or it broke).
+    ///
+    /// With no stream left after a GOAWAY, the session closes with `NoError`. If streams are
+    /// alive and the input of every one of them is complete (its FIN arrived: a peer that
+    /// answered, drained and closed), they stay readable: their queued output is dropped and
+    /// their sending side counts as finished (writes fail with [`StreamError::Finished`]),
+    /// nothing more is transmitted, timers stop, and the session drains, closing with `NoError`
+    /// once the last stream was read to its end (or detached). Otherwise data was lost: the
+    /// session fails with `Transport`.
     pub fn handle_eof(&mut self, _now: Instant) {
-        if self.is_closed().is_some() {
+        if self.is_closed().is_some() || self.input_ended {
             return;
         }
-        if self.streams.is_empty() && (self.goaway_sent || self.goaway_received.is_some()) {
-            self.finish_close(ErrorCode::NoError, true);
-        } else {
-            self.fail(ErrorCode::Transport, Bytes::new(), true);
+        if self.streams.is_empty() {
+            if self.goaway_sent || self.goaway_received.is_some() {
+                self.finish_close(ErrorCode::NoError, true);
+            } else {
+                self.fail(ErrorCode::Transport, Bytes::new(), true);
+            }
+            return;
         }
+        let complete = self
+            .streams
+            .entries_mut()
+            .all(|(_, st)| st.has(FIN_RECEIVED));
+        if !complete {
+            self.fail(ErrorCode::Transport, Bytes::new(), true);
+            return;
+        }
+        self.input_ended = true;
+        self.partial = BytesMut::new();
+        self.control.clear();
+        self.control_counted = 0;
+        self.ping_queued = false;
+        self.ping_outstanding = None;
+        self.pong_value = None;
+        self.bare.clear();
+        self.ready.clear();
+        self.send_waiters.clear();
+        self.queued_send_bytes = 0;
+        let mut ids = Vec::with_capacity(self.streams.len());
+        let mut writers = Vec::new();
+        for (id, st) in self.streams.entries_mut() {
+            st.send = None;
+            if st.has(WANT_WRITABLE) {
+                // Let a blocked writer retry and learn that the stream is finished.
+                writers.push(*id);
+            }
+            st.flags &= !(IN_BARE | IN_READY | SEND_WAITING | WANT_WRITABLE | UPDATE_QUEUED);
+            st.flags |= FIN_QUEUED | FIN_SENT;
+            ids.push(*id);
+        }
+        writers.sort_unstable();
+        self.events.extend(writers.into_iter().map(Event::Writable));
+        if self.state == State::Open {
+            self.state = State::Draining;
+        }
+        // Streams already read to their end, or detached, are done now.
+        ids.sort_unstable();
+        for id in ids {
+            self.maybe_free(id);
+        }
+        self.check_drained();
     }
 
     /// Runs timers: keep-alive PINGs and dead-link detection.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.is_closed().is_some() {
+        if self.is_closed().is_some() || self.input_ended {
             return;
         }
         if now >= self.last_input + self.cfg.keepalive_timeout {
@@ -1058,7 +1155,7 @@ impl Session {
 
     /// The next instant at which [`Session::handle_timeout`] must run.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.is_closed().is_some() {
+        if self.is_closed().is_some() || self.input_ended {
             return None;
         }
         Some(
@@ -1264,7 +1361,13 @@ impl Session {
             return;
         }
         if len > 0 {
-            let payload = if payload.len() < COPY_BELOW {
+            // A large payload arriving at a stream with nothing buffered is kept as a slice of
+            // the driver's read block (no copy: the common case of a reader that keeps up). Small
+            // payloads, and any payload queuing behind unread data (a slow or absent reader, whose
+            // data accumulates), are copied, so that they do not pin read blocks many times their
+            // size. Only the front chunk of a receive queue can be such a slice, so the read
+            // blocks pinned by unread data are at most one per stream with buffered data.
+            let payload = if payload.len() < COPY_BELOW || st.buffered() > 0 {
                 Bytes::copy_from_slice(&payload)
             } else {
                 payload
@@ -1383,6 +1486,10 @@ impl Session {
     /// Queues a control frame. Frames the peer caused count against `max_control_queue`; past
     /// it the session closes with EXCESSIVE_LOAD. The others are always queued.
     fn push_control(&mut self, c: Control) {
+        if self.input_ended {
+            // The pipe is gone: nothing more is sent.
+            return;
+        }
         if c.peer_caused() {
             if self.control_counted >= self.cfg.max_control_queue {
                 self.fail(
@@ -1503,7 +1610,8 @@ impl Session {
 
     fn check_drained(&mut self) {
         if self.state == State::Draining && self.streams.is_empty() {
-            self.finish_close(ErrorCode::NoError, self.goaway_received.is_some());
+            let remote = self.goaway_received.is_some() || self.input_ended;
+            self.finish_close(ErrorCode::NoError, remote);
         }
     }
 
@@ -1559,6 +1667,9 @@ impl Session {
 
     /// Whether [`Session::poll_transmit`] would yield anything now.
     pub fn wants_transmit(&self) -> bool {
+        if self.input_ended {
+            return false;
+        }
         !self.control.is_empty()
             || !self.bare.is_empty()
             || (!self.ready.is_empty() && self.conn_send_credit > 0)
@@ -1567,8 +1678,29 @@ impl Session {
     /// Appends up to about `max_bytes` of output to `out` as chunks to write in order
     /// (`write_vectored` friendly; payloads are not copied). Returns the bytes appended.
     pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<Bytes>, max_bytes: usize) -> usize {
+        if self.input_ended {
+            return 0;
+        }
         let mut total = 0;
         while total < max_bytes {
+            if !self.bare.is_empty()
+                && self.state == State::Draining
+                && matches!(
+                    self.control.front(),
+                    Some(Control::GoAway(_, ErrorCode::NoError, _))
+                )
+            {
+                // A drain's GOAWAY must not overtake the SYNs of streams opened before it (the
+                // bare queue holds every stream whose SYN has not left): a peer that knows of
+                // no stream would close at once, failing them.
+                while total < max_bytes {
+                    let Some(id) = self.bare.pop_front() else {
+                        break;
+                    };
+                    total += self.emit_stream(id, true, out);
+                }
+                continue;
+            }
             let Some(c) = self.pop_control() else {
                 break;
             };
@@ -1782,21 +1914,53 @@ mod stream_table_tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-        /// Open the next id of one side, skipping `skip` indices (the peer may skip).
-        Open { odd: bool, skip: u8 },
+        /// Open the next id of one side, skipping `skip` indices (the peer may skip, up to its
+        /// stream credit).
+        Open { odd: bool, skip: u32 },
         /// Remove the live stream at this position of the sorted live ids.
         Remove(usize),
         /// Remove the newest `n` live streams (a burst ending), keeping old ones.
         RemoveNewest(u16),
+        /// Remove the oldest `n` live streams (long-lived ones ending).
+        RemoveOldest(u16),
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            6 => (any::<bool>(), prop_oneof![8 => Just(0u8), 1 => any::<u8>()])
+            6 => (
+                any::<bool>(),
+                prop_oneof![16 => Just(0u32), 2 => 0u32..256, 1 => 0u32..(1 << 22)]
+            )
                 .prop_map(|(odd, skip)| Op::Open { odd, skip }),
             3 => any::<usize>().prop_map(Op::Remove),
             1 => (0u16..3000).prop_map(Op::RemoveNewest),
+            1 => (0u16..3000).prop_map(Op::RemoveOldest),
         ]
+    }
+
+    /// Memory bounds of one side: the window spans at most four entries per live one (plus
+    /// slack), its capacity follows its length, and the far map's capacity follows its length.
+    fn check_bounds(side: &SideIndex) {
+        let live = side.window.iter().filter(|&&s| s != VACANT).count();
+        assert_eq!(live, side.live_in_window);
+        assert!(
+            side.window.len() <= 4 * side.live_in_window + WINDOW_SLACK + 1,
+            "window {} for {} live",
+            side.window.len(),
+            side.live_in_window
+        );
+        assert!(
+            side.window.capacity() <= 4 * side.window.len() + WINDOW_SLACK,
+            "window capacity {} for length {}",
+            side.window.capacity(),
+            side.window.len()
+        );
+        assert!(
+            side.far.capacity() <= (4 * side.far.len() + 3).max(FAR_MIN_CAPACITY),
+            "far capacity {} for {} entries",
+            side.far.capacity(),
+            side.far.len()
+        );
     }
 
     fn state(tag: u32) -> Stream {
@@ -1807,7 +1971,13 @@ mod stream_table_tests {
 
     fn check(table: &StreamTable, model: &BTreeMap<StreamId, u32>, probe_to: StreamId) {
         assert_eq!(table.len(), model.len());
-        for id in 0..=probe_to {
+        // Every id near a live one or near the ends (ids are sparse after large skips).
+        let mut probes: Vec<StreamId> = (0..=probe_to.min(20_000)).collect();
+        probes.extend(probe_to.saturating_sub(20_000)..=probe_to);
+        for &id in model.keys() {
+            probes.extend(id.saturating_sub(6)..=id.saturating_add(6));
+        }
+        for id in probes {
             let got = table.get(&id).map(|s| s.recv_unacked);
             assert_eq!(got, model.get(&id).copied(), "stream {id}");
         }
@@ -1829,7 +1999,7 @@ mod stream_table_tests {
                 match op {
                     Op::Open { odd, skip } => {
                         let next = if odd { &mut next_odd } else { &mut next_even };
-                        let id = *next + 2 * u32::from(skip);
+                        let id = *next + 2 * skip;
                         *next = id + 2;
                         table.insert(id, state(n as u32));
                         model.insert(id, n as u32);
@@ -1850,7 +2020,16 @@ mod stream_table_tests {
                             model.remove(&id);
                         }
                     }
+                    Op::RemoveOldest(count) => {
+                        let oldest: Vec<_> = model.keys().take(count as usize).copied().collect();
+                        for id in oldest {
+                            prop_assert!(table.remove(&id).is_some());
+                            model.remove(&id);
+                        }
+                    }
                 }
+                check_bounds(&table.odd);
+                check_bounds(&table.even);
             }
             check(&table, &model, next_odd.max(next_even) + 4);
             let ids: Vec<_> = model.keys().copied().collect();
@@ -1859,7 +2038,63 @@ mod stream_table_tests {
             }
             prop_assert!(table.is_empty());
             prop_assert!(table.get(&0).is_none());
+            check_bounds(&table.odd);
+            check_bounds(&table.even);
         }
+    }
+
+    /// A peer may skip up to its stream credit (up to 2^30 ids) in one SYN: that must not
+    /// allocate for the skipped ids.
+    #[test]
+    fn a_large_skip_does_not_allocate_the_skipped_window() {
+        let mut table = StreamTable::default();
+        table.insert(1, state(1));
+        let far = 2 * (1u32 << 22) + 1; // 4 M indices on
+        table.insert(far, state(2));
+        assert_eq!(table.get(&1).map(|s| s.recv_unacked), Some(1));
+        assert_eq!(table.get(&far).map(|s| s.recv_unacked), Some(2));
+        assert!(table.get(&(far - 2)).is_none() && table.get(&3).is_none());
+        assert!(
+            table.odd.window.capacity() <= 64,
+            "window capacity {}",
+            table.odd.window.capacity()
+        );
+        check_bounds(&table.odd);
+        // And the next ids continue in the new window.
+        table.insert(far + 2, state(3));
+        assert_eq!(table.get(&(far + 2)).map(|s| s.recv_unacked), Some(3));
+        assert!(table.remove(&1).is_some());
+        check_bounds(&table.odd);
+        assert_eq!(table.len(), 2);
+    }
+
+    /// After a burst ends, the index gives back the memory it took.
+    #[test]
+    fn capacity_follows_the_live_count_after_a_burst() {
+        let mut table = StreamTable::default();
+        for i in 0..300_000u32 {
+            table.insert(2 * i + 1, state(i));
+        }
+        for i in 1..300_000u32 {
+            assert!(table.remove(&(2 * i + 1)).is_some());
+        }
+        check_bounds(&table.odd);
+        assert!(table.odd.window.capacity() <= 64);
+        // Long-lived streams pushed to the far map by newer ones, then ended.
+        for i in 300_000..400_000u32 {
+            table.insert(2 * i + 1, state(i));
+        }
+        for i in 400_000..1_000_000u32 {
+            table.insert(2 * i + 1, state(i));
+            assert!(table.remove(&(2 * i + 1)).is_some());
+        }
+        assert!(table.odd.far.len() >= 100_000);
+        for i in 300_000..400_000u32 {
+            assert!(table.remove(&(2 * i + 1)).is_some());
+        }
+        check_bounds(&table.odd);
+        assert!(table.odd.far.capacity() <= FAR_MIN_CAPACITY);
+        assert_eq!(table.get(&1).map(|s| s.recv_unacked), Some(0));
     }
 
     #[test]
@@ -1877,5 +2112,62 @@ mod stream_table_tests {
             table.odd.window.len()
         );
         assert_eq!(table.len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod copy_tests {
+    use super::*;
+
+    /// Whether `b` points into `block`.
+    fn inside(b: &Bytes, block: &Bytes) -> bool {
+        let start = block.as_ptr() as usize;
+        let p = b.as_ptr() as usize;
+        p >= start && p < start + block.len()
+    }
+
+    fn data(stream: StreamId, syn: bool, len: usize) -> Frame {
+        Frame::Data {
+            stream,
+            syn,
+            fin: false,
+            payload: Bytes::from(vec![7u8; len]),
+        }
+    }
+
+    /// Only a large payload arriving at a stream with nothing buffered keeps a slice of the read
+    /// block; payloads that queue behind unread data are copied, so that a slow or absent
+    /// reader pins at most one read block.
+    #[test]
+    fn payloads_behind_unread_data_are_copied_out_of_the_read_block() {
+        let now = Instant::ZERO;
+        let mut s = Session::new(Role::Server, Config::default(), now);
+        let mut input = BytesMut::new();
+        input.extend_from_slice(&wire::preface());
+        wire::encode(&data(1, true, COPY_BELOW), &mut input);
+        wire::encode(&data(1, false, COPY_BELOW), &mut input);
+        wire::encode(&data(1, false, 3 * COPY_BELOW), &mut input);
+        wire::encode(&data(3, true, COPY_BELOW - 1), &mut input);
+        wire::encode(&data(3, false, COPY_BELOW), &mut input);
+        let block = input.freeze();
+        s.handle_input(block.clone(), now);
+        assert_eq!(s.is_closed(), None);
+        let chunks = |s: &Session, id: StreamId| -> Vec<bool> {
+            let q = s.streams.get(&id).unwrap().recv.as_ref().unwrap();
+            q.chunks.iter().map(|c| inside(c, &block)).collect()
+        };
+        assert_eq!(chunks(&s, 1), vec![true, false, false]);
+        assert_eq!(chunks(&s, 3), vec![false, false]);
+        // Once the reader caught up, a large payload is zero-copy again.
+        let mut buf = vec![0u8; 8 * COPY_BELOW];
+        while s.read(1, &mut buf).is_ok() {}
+        let mut more = BytesMut::new();
+        wire::encode(&data(1, false, COPY_BELOW), &mut more);
+        wire::encode(&data(1, false, COPY_BELOW), &mut more);
+        let more = more.freeze();
+        s.handle_input(more.clone(), now);
+        let q = s.streams.get(&1).unwrap().recv.as_ref().unwrap();
+        let kept: Vec<bool> = q.chunks.iter().map(|c| inside(c, &more)).collect();
+        assert_eq!(kept, vec![true, false]);
     }
 }
