@@ -228,6 +228,8 @@ pub struct Stats {
     /// once).
     pub send_waiters: usize,
     pub rtt: Option<Duration>,
+    /// How far receive windows have grown beyond their initial size, over all streams.
+    pub window_growth: u64,
 }
 
 // Stream flags.
@@ -767,6 +769,7 @@ impl Session {
         s.control_queue = self.control.len();
         s.send_waiters = self.send_waiters.len();
         s.rtt = self.srtt;
+        s.window_growth = self.recv_growth;
         s
     }
 
