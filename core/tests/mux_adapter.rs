@@ -2,12 +2,10 @@
 //! (over loopback TCP) and `futures::executor` (over an in-memory duplex pipe with its own
 //! wakers). Nothing here depends on tokio inside the adapter; the tests prove it.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::io::{AsyncReadExt, AsyncWriteExt};
@@ -30,105 +28,14 @@ impl Clock for TokioClock {
     }
 }
 
-struct TimerClock(std::time::Instant);
+mod common;
+use common::TimerClock;
 
-impl Clock for TimerClock {
-    fn now(&self) -> Instant {
-        Instant::from_micros(self.0.elapsed().as_micros() as u64)
-    }
-    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        let wait = deadline - self.now();
-        Box::pin(futures_timer::Delay::new(wait))
-    }
-}
-
-// ---- an in-memory duplex pipe, executor-agnostic ----------------------------------------------
-
-#[derive(Default)]
-struct HalfState {
-    buf: VecDeque<u8>,
-    closed: bool,
-    reader: Option<Waker>,
-    writer: Option<Waker>,
-}
-
-const PIPE_CAPACITY: usize = 64 * 1024;
-
-struct PipeEnd {
-    rx: Arc<Mutex<HalfState>>,
-    tx: Arc<Mutex<HalfState>>,
-}
-
-fn duplex() -> (PipeEnd, PipeEnd) {
-    let a = Arc::new(Mutex::new(HalfState::default()));
-    let b = Arc::new(Mutex::new(HalfState::default()));
-    (
-        PipeEnd {
-            rx: a.clone(),
-            tx: b.clone(),
-        },
-        PipeEnd { rx: b, tx: a },
-    )
-}
-
-impl futures::io::AsyncRead for PipeEnd {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        out: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        let mut h = self.rx.lock().unwrap();
-        if h.buf.is_empty() {
-            if h.closed {
-                return Poll::Ready(Ok(0));
-            }
-            h.reader = Some(cx.waker().clone());
-            return Poll::Pending;
-        }
-        let n = out.len().min(h.buf.len());
-        for (i, b) in h.buf.drain(..n).enumerate() {
-            out[i] = b;
-        }
-        if let Some(w) = h.writer.take() {
-            w.wake();
-        }
-        Poll::Ready(Ok(n))
-    }
-}
-
-impl futures::io::AsyncWrite for PipeEnd {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let mut h = self.tx.lock().unwrap();
-        if h.closed {
-            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-        }
-        let room = PIPE_CAPACITY - h.buf.len();
-        if room == 0 {
-            h.writer = Some(cx.waker().clone());
-            return Poll::Pending;
-        }
-        let n = room.min(data.len());
-        h.buf.extend(&data[..n]);
-        if let Some(w) = h.reader.take() {
-            w.wake();
-        }
-        Poll::Ready(Ok(n))
-    }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut h = self.tx.lock().unwrap();
-        h.closed = true;
-        if let Some(w) = h.reader.take() {
-            w.wake();
-        }
-        Poll::Ready(Ok(()))
-    }
+fn duplex() -> (
+    svcnet_core::mux::testing::PipeEnd,
+    svcnet_core::mux::testing::PipeEnd,
+) {
+    svcnet_core::mux::testing::duplex(64 * 1024)
 }
 
 // ---- shared scenario --------------------------------------------------------------------------

@@ -4,115 +4,24 @@
 //! with data. Each test failed before its fix; `within` bounds every wait so that a regression
 //! fails instead of hanging.
 
-use std::collections::VecDeque;
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::future::{select, Either, FutureExt};
+use futures::future::FutureExt;
 use futures::io::{AsyncReadExt, AsyncWriteExt};
 use futures::task::SpawnExt;
-use svcnet_core::mux::adapter::{Clock, Connection};
+use svcnet_core::mux::adapter::Connection;
+use svcnet_core::mux::testing::PipeEnd;
 use svcnet_core::mux::{Config, Role};
-use svcnet_core::time::Instant;
 
-struct TimerClock(std::time::Instant);
-impl Clock for TimerClock {
-    fn now(&self) -> Instant {
-        Instant::from_micros(self.0.elapsed().as_micros() as u64)
-    }
-    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        let wait = deadline - self.now();
-        Box::pin(futures_timer::Delay::new(wait))
-    }
-}
-fn clock() -> Arc<dyn Clock> {
-    Arc::new(TimerClock(std::time::Instant::now()))
-}
+mod common;
+use common::{clock, pool, within};
 
-#[derive(Default)]
-struct HalfState {
-    buf: VecDeque<u8>,
-    closed: bool,
-    reader: Option<Waker>,
-    writer: Option<Waker>,
-}
-const PIPE_CAPACITY: usize = 64 * 1024;
-struct PipeEnd {
-    rx: Arc<Mutex<HalfState>>,
-    tx: Arc<Mutex<HalfState>>,
-}
+/// The in-memory pipe with a 64 KiB buffer each way.
 fn duplex() -> (PipeEnd, PipeEnd) {
-    let a = Arc::new(Mutex::new(HalfState::default()));
-    let b = Arc::new(Mutex::new(HalfState::default()));
-    (
-        PipeEnd {
-            rx: a.clone(),
-            tx: b.clone(),
-        },
-        PipeEnd { rx: b, tx: a },
-    )
-}
-impl futures::io::AsyncRead for PipeEnd {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        out: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        let mut h = self.rx.lock().unwrap();
-        if h.buf.is_empty() {
-            if h.closed {
-                return Poll::Ready(Ok(0));
-            }
-            h.reader = Some(cx.waker().clone());
-            return Poll::Pending;
-        }
-        let n = out.len().min(h.buf.len());
-        for (i, b) in h.buf.drain(..n).enumerate() {
-            out[i] = b;
-        }
-        if let Some(w) = h.writer.take() {
-            w.wake();
-        }
-        Poll::Ready(Ok(n))
-    }
-}
-impl futures::io::AsyncWrite for PipeEnd {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let mut h = self.tx.lock().unwrap();
-        if h.closed {
-            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-        }
-        let room = PIPE_CAPACITY - h.buf.len();
-        if room == 0 {
-            h.writer = Some(cx.waker().clone());
-            return Poll::Pending;
-        }
-        let n = room.min(data.len());
-        h.buf.extend(&data[..n]);
-        if let Some(w) = h.reader.take() {
-            w.wake();
-        }
-        Poll::Ready(Ok(n))
-    }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut h = self.tx.lock().unwrap();
-        h.closed = true;
-        if let Some(w) = h.reader.take() {
-            w.wake();
-        }
-        Poll::Ready(Ok(()))
-    }
+    svcnet_core::mux::testing::duplex(64 * 1024)
 }
 
 /// A buffering writer (like BufWriter / a TLS stream): writes go to a buffer, flush pushes
@@ -167,21 +76,6 @@ impl futures::io::AsyncWrite for BufPipe {
             o => o,
         }
     }
-}
-
-async fn within<F: Future>(secs: f64, f: F) -> Option<F::Output> {
-    let d = futures_timer::Delay::new(Duration::from_secs_f64(secs));
-    match select(Box::pin(f), d).await {
-        Either::Left((v, _)) => Some(v),
-        Either::Right(_) => None,
-    }
-}
-
-fn pool() -> futures::executor::ThreadPool {
-    futures::executor::ThreadPool::builder()
-        .pool_size(2)
-        .create()
-        .unwrap()
 }
 
 #[test]

@@ -274,3 +274,111 @@ impl Pair {
         self.to_client.in_flight.clear();
     }
 }
+
+/// One end of an in-memory async byte pipe (see [`duplex`]).
+pub struct PipeEnd {
+    rx: std::sync::Arc<std::sync::Mutex<PipeHalf>>,
+    tx: std::sync::Arc<std::sync::Mutex<PipeHalf>>,
+    capacity: usize,
+}
+
+#[derive(Default)]
+struct PipeHalf {
+    buf: VecDeque<u8>,
+    closed: bool,
+    reader: Option<std::task::Waker>,
+    writer: Option<std::task::Waker>,
+}
+
+/// An in-memory, executor-agnostic duplex byte pipe with `capacity` bytes of buffer in each
+/// direction, for driving [`super::adapter`] without sockets. Closing one end's writing side
+/// makes the other end read EOF; writing after it fails with `BrokenPipe`.
+pub fn duplex(capacity: usize) -> (PipeEnd, PipeEnd) {
+    let a = std::sync::Arc::new(std::sync::Mutex::new(PipeHalf::default()));
+    let b = std::sync::Arc::new(std::sync::Mutex::new(PipeHalf::default()));
+    let capacity = capacity.max(1);
+    (
+        PipeEnd {
+            rx: a.clone(),
+            tx: b.clone(),
+            capacity,
+        },
+        PipeEnd {
+            rx: b,
+            tx: a,
+            capacity,
+        },
+    )
+}
+
+fn lock_half(h: &std::sync::Mutex<PipeHalf>) -> std::sync::MutexGuard<'_, PipeHalf> {
+    h.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl futures_io::AsyncRead for PipeEnd {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        out: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let mut h = lock_half(&self.rx);
+        if h.buf.is_empty() {
+            if h.closed {
+                return std::task::Poll::Ready(Ok(0));
+            }
+            h.reader = Some(cx.waker().clone());
+            return std::task::Poll::Pending;
+        }
+        let n = out.len().min(h.buf.len());
+        for (slot, byte) in out.iter_mut().zip(h.buf.drain(..n)) {
+            *slot = byte;
+        }
+        if let Some(w) = h.writer.take() {
+            w.wake();
+        }
+        std::task::Poll::Ready(Ok(n))
+    }
+}
+
+impl futures_io::AsyncWrite for PipeEnd {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let mut h = lock_half(&self.tx);
+        if h.closed {
+            return std::task::Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
+        }
+        let room = self.capacity.saturating_sub(h.buf.len());
+        if room == 0 {
+            h.writer = Some(cx.waker().clone());
+            return std::task::Poll::Pending;
+        }
+        let n = room.min(data.len());
+        h.buf.extend(&data[..n]);
+        if let Some(w) = h.reader.take() {
+            w.wake();
+        }
+        std::task::Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let mut h = lock_half(&self.tx);
+        h.closed = true;
+        if let Some(w) = h.reader.take() {
+            w.wake();
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+}
