@@ -482,6 +482,21 @@ fn session_open_rate(open: usize, batch: usize, rounds: usize) -> f64 {
 }
 
 fn main() {
+    const FLAGS: [&str; 6] = [
+        "--quick",
+        "--profile-one-stream",
+        "--profile-many-streams",
+        "--profile-open",
+        "--help",
+        "-h",
+    ];
+    if let Some(bad) = std::env::args()
+        .skip(1)
+        .find(|a| !FLAGS.contains(&a.as_str()))
+    {
+        eprintln!("bench-mux: unknown argument `{bad}`; run `bench-mux --help` for the options");
+        std::process::exit(2);
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     if std::env::args().any(|a| a == "--help" || a == "-h") {
         println!(
