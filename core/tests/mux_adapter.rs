@@ -29,7 +29,7 @@ impl Clock for TokioClock {
 }
 
 mod common;
-use common::TimerClock;
+use common::{pool, spawn_pair};
 
 fn duplex() -> (
     svcnet_core::mux::testing::PipeEnd,
@@ -165,26 +165,9 @@ fn echo_over_loopback_tcp_under_tokio() {
 
 #[test]
 fn echo_over_in_memory_pipe_under_futures_executor() {
-    let pool = futures::executor::ThreadPool::builder()
-        .pool_size(2)
-        .create()
-        .unwrap();
+    let pool = pool();
     let (a, b) = duplex();
-    let base = std::time::Instant::now();
-    let (client, client_driver) = Connection::new(
-        a,
-        Role::Client,
-        Config::default(),
-        Arc::new(TimerClock(base)),
-    );
-    let (server, server_driver) = Connection::new(
-        b,
-        Role::Server,
-        Config::default(),
-        Arc::new(TimerClock(base)),
-    );
-    let cd = pool.spawn_with_handle(client_driver).unwrap();
-    let sd = pool.spawn_with_handle(server_driver).unwrap();
+    let (client, server, cd, sd) = spawn_pair(&pool, a, Config::default(), b, Config::default());
     let srv = pool.spawn_with_handle(echo_server(server.clone())).unwrap();
     futures::executor::block_on(async {
         client_run(client.clone()).await;
@@ -203,31 +186,13 @@ fn echo_over_in_memory_pipe_under_futures_executor() {
 
 #[test]
 fn reset_and_refusal_surface_as_io_errors() {
-    let pool = futures::executor::ThreadPool::builder()
-        .pool_size(2)
-        .create()
-        .unwrap();
+    let pool = pool();
     let (a, b) = duplex();
-    let base = std::time::Instant::now();
     let server_cfg = Config {
         max_incoming_streams: 1,
         ..Config::default()
     };
-    let (client, cd) = Connection::new(
-        a,
-        Role::Client,
-        Config::default(),
-        Arc::new(TimerClock(base)),
-    );
-    let (server, sd) = Connection::new(b, Role::Server, server_cfg, Arc::new(TimerClock(base)));
-    pool.spawn(async move {
-        let _ = cd.await;
-    })
-    .unwrap();
-    pool.spawn(async move {
-        let _ = sd.await;
-    })
-    .unwrap();
+    let (client, server, _cd, _sd) = spawn_pair(&pool, a, Config::default(), b, server_cfg);
     futures::executor::block_on(async {
         let mut first = client.open().await.unwrap();
         first.write_all(b"hello").await.unwrap();
@@ -259,26 +224,9 @@ fn reset_and_refusal_surface_as_io_errors() {
 
 #[test]
 fn dropping_every_handle_drains_gracefully() {
-    let pool = futures::executor::ThreadPool::builder()
-        .pool_size(2)
-        .create()
-        .unwrap();
+    let pool = pool();
     let (a, b) = duplex();
-    let base = std::time::Instant::now();
-    let (client, cd) = Connection::new(
-        a,
-        Role::Client,
-        Config::default(),
-        Arc::new(TimerClock(base)),
-    );
-    let (server, sd) = Connection::new(
-        b,
-        Role::Server,
-        Config::default(),
-        Arc::new(TimerClock(base)),
-    );
-    let cd = pool.spawn_with_handle(cd).unwrap();
-    let sd = pool.spawn_with_handle(sd).unwrap();
+    let (client, server, cd, sd) = spawn_pair(&pool, a, Config::default(), b, Config::default());
     futures::executor::block_on(async {
         let mut s = client.open().await.unwrap();
         s.write_all(b"request").await.unwrap();

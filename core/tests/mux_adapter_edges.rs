@@ -17,7 +17,7 @@ use svcnet_core::mux::testing::PipeEnd;
 use svcnet_core::mux::{Config, Role};
 
 mod common;
-use common::{clock, pool, within};
+use common::{clock, pool, spawn_pair, within};
 
 /// The in-memory pipe with a 64 KiB buffer each way.
 fn duplex() -> (PipeEnd, PipeEnd) {
@@ -101,16 +101,7 @@ fn a_dropped_driver_fails_streams_instead_of_hanging() {
 fn every_waiting_acceptor_is_woken() {
     let p = pool();
     let (a, b) = duplex();
-    let (client, cd) = Connection::new(a, Role::Client, Config::default(), clock());
-    let (server, sd) = Connection::new(b, Role::Server, Config::default(), clock());
-    p.spawn(async move {
-        let _ = cd.await;
-    })
-    .unwrap();
-    p.spawn(async move {
-        let _ = sd.await;
-    })
-    .unwrap();
+    let (client, server, _cd, _sd) = spawn_pair(&p, a, Config::default(), b, Config::default());
     let s1 = server.clone();
     let s2 = server.clone();
     let h1 = p
@@ -139,24 +130,11 @@ fn every_waiting_acceptor_is_woken() {
 fn a_buffering_pipe_is_flushed_until_done() {
     let p = pool();
     let (a, b) = duplex();
-    let (client, cd) = Connection::new(
-        BufPipe {
-            inner: a,
-            buf: Vec::new(),
-        },
-        Role::Client,
-        Config::default(),
-        clock(),
-    );
-    let (server, sd) = Connection::new(b, Role::Server, Config::default(), clock());
-    p.spawn(async move {
-        let _ = cd.await;
-    })
-    .unwrap();
-    p.spawn(async move {
-        let _ = sd.await;
-    })
-    .unwrap();
+    let pipe = BufPipe {
+        inner: a,
+        buf: Vec::new(),
+    };
+    let (client, server, _cd, _sd) = spawn_pair(&p, pipe, Config::default(), b, Config::default());
     futures::executor::block_on(async {
         let mut s = client.open().await.unwrap();
         let data = vec![7u8; 200_000];
@@ -189,10 +167,7 @@ fn slow_keepalive() -> Config {
 fn a_close_caused_by_a_stream_operation_ends_the_drivers() {
     let p = pool();
     let (a, b) = duplex();
-    let (client, cd) = Connection::new(a, Role::Client, slow_keepalive(), clock());
-    let (server, sd) = Connection::new(b, Role::Server, slow_keepalive(), clock());
-    let cd = p.spawn_with_handle(cd).unwrap();
-    let sd = p.spawn_with_handle(sd).unwrap();
+    let (client, server, cd, sd) = spawn_pair(&p, a, slow_keepalive(), b, slow_keepalive());
     futures::executor::block_on(async {
         let mut s = client.open().await.unwrap();
         s.write_all(b"x").await.unwrap();
@@ -224,16 +199,7 @@ fn a_close_caused_by_a_stream_operation_ends_the_drivers() {
 fn a_graceful_peer_close_keeps_a_received_response() {
     let p = pool();
     let (a, b) = duplex();
-    let (client, cd) = Connection::new(a, Role::Client, Config::default(), clock());
-    let (server, sd) = Connection::new(b, Role::Server, Config::default(), clock());
-    p.spawn(async move {
-        let _ = cd.await;
-    })
-    .unwrap();
-    p.spawn(async move {
-        let _ = sd.await;
-    })
-    .unwrap();
+    let (client, server, _cd, _sd) = spawn_pair(&p, a, Config::default(), b, Config::default());
     p.spawn(async move {
         let mut s = server.accept().await.unwrap();
         let mut req = Vec::new();
@@ -283,16 +249,7 @@ fn a_dead_link_ends_the_driver_even_with_a_blocked_pipe() {
 fn streams_reset_before_accept_do_not_accumulate() {
     let p = pool();
     let (a, b) = duplex();
-    let (client, cd) = Connection::new(a, Role::Client, Config::default(), clock());
-    let (server, sd) = Connection::new(b, Role::Server, Config::default(), clock());
-    p.spawn(async move {
-        let _ = cd.await;
-    })
-    .unwrap();
-    p.spawn(async move {
-        let _ = sd.await;
-    })
-    .unwrap();
+    let (client, server, _cd, _sd) = spawn_pair(&p, a, Config::default(), b, Config::default());
     futures::executor::block_on(async {
         for _ in 0..200 {
             let mut batch = Vec::new();
@@ -325,16 +282,7 @@ fn streams_reset_before_accept_do_not_accumulate() {
 fn a_stream_opened_before_goaway_is_served() {
     let p = pool();
     let (a, b) = duplex();
-    let (client, cd) = Connection::new(a, Role::Client, Config::default(), clock());
-    let (server, sd) = Connection::new(b, Role::Server, Config::default(), clock());
-    p.spawn(async move {
-        let _ = cd.await;
-    })
-    .unwrap();
-    p.spawn(async move {
-        let _ = sd.await;
-    })
-    .unwrap();
+    let (client, server, _cd, _sd) = spawn_pair(&p, a, Config::default(), b, Config::default());
     p.spawn(async move {
         while let Some(mut s) = server.accept().await {
             let mut req = Vec::new();

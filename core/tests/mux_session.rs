@@ -45,6 +45,23 @@ fn transfer(p: &mut Pair, from: Side, id: u32, data: &[u8], sink: &mut Vec<u8>) 
     }
 }
 
+/// The server reads "request" on `id` and answers "response"; both sides finish and read to the
+/// end, and the pair runs until idle.
+fn answer_request(p: &mut Pair, id: u32) {
+    let mut got = Vec::new();
+    drain(&mut p.server, id, &mut got);
+    assert_eq!(got, b"request");
+    p.server.write(id, b"response").unwrap();
+    p.server.finish(id).unwrap();
+    p.client.finish(id).unwrap();
+    p.run_until_idle();
+    let mut resp = Vec::new();
+    assert!(drain(&mut p.client, id, &mut resp));
+    assert!(drain(&mut p.server, id, &mut got));
+    assert_eq!(resp, b"response");
+    p.run_until_idle();
+}
+
 fn opened(events: &[Event]) -> Vec<u32> {
     events
         .iter()
@@ -315,18 +332,7 @@ fn go_away_drains_gracefully() {
     }));
     assert_eq!(p.client.open(p.now), Err(OpenError::GoingAway));
     // The accepted stream completes.
-    let mut got = Vec::new();
-    drain(&mut p.server, id, &mut got);
-    assert_eq!(got, b"request");
-    p.server.write(id, b"response").unwrap();
-    p.server.finish(id).unwrap();
-    p.client.finish(id).unwrap();
-    p.run_until_idle();
-    let mut resp = Vec::new();
-    assert!(drain(&mut p.client, id, &mut resp));
-    assert!(drain(&mut p.server, id, &mut got));
-    assert_eq!(resp, b"response");
-    p.run_until_idle();
+    answer_request(&mut p, id);
     assert_eq!(closed(&p.client_events), Some((ErrorCode::NoError, true)));
     assert_eq!(closed(&p.server_events), Some((ErrorCode::NoError, false)));
 }
@@ -1129,18 +1135,7 @@ fn go_away_leaves_after_the_syn_of_a_stream_opened_before_it() {
             code: ErrorCode::NoError,
             last_stream: 0
         }));
-        let mut got = Vec::new();
-        drain(&mut p.server, id, &mut got);
-        assert_eq!(got, b"request");
-        p.server.write(id, b"response").unwrap();
-        p.server.finish(id).unwrap();
-        p.client.finish(id).unwrap();
-        p.run_until_idle();
-        let mut resp = Vec::new();
-        assert!(drain(&mut p.client, id, &mut resp));
-        assert!(drain(&mut p.server, id, &mut got));
-        assert_eq!(resp, b"response");
-        p.run_until_idle();
+        answer_request(&mut p, id);
         assert_eq!(closed(&p.client_events), Some((ErrorCode::NoError, false)));
         assert_eq!(closed(&p.server_events), Some((ErrorCode::NoError, true)));
     }

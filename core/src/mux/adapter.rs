@@ -720,18 +720,16 @@ impl Stream {
         sh.waiters.remove(&self.id);
     }
 
+    /// The I/O error for a failed operation; resets are reported before the session is asked.
     fn error(&self, sh: &Shared, e: StreamError) -> io::Error {
         match e {
             StreamError::SessionClosed(code) => closed_error(code, &sh.session.close_message()),
             StreamError::Finished => {
                 io::Error::new(io::ErrorKind::BrokenPipe, "stream already finished")
             }
-            StreamError::UnknownStream | StreamError::Blocked => match sh.resets.get(&self.id) {
-                Some(code) => reset_error(self.id, *code),
-                None => match sh.finished {
-                    Some(code) => closed_error(code, ""),
-                    None => io::Error::new(io::ErrorKind::NotConnected, "stream is closed"),
-                },
+            StreamError::UnknownStream | StreamError::Blocked => match sh.finished {
+                Some(code) => closed_error(code, ""),
+                None => io::Error::new(io::ErrorKind::NotConnected, "stream is closed"),
             },
         }
     }
@@ -759,10 +757,9 @@ impl AsyncRead for Stream {
                 sh.waiters.entry(self.id).or_default().read = Some(cx.waker().clone());
                 Poll::Pending
             }
-            // After the local FIN was sent and the peer's FIN read, the stream is gone: EOF.
-            Err(StreamError::UnknownStream) if !sh.resets.contains_key(&self.id) => {
-                Poll::Ready(Ok(0))
-            }
+            // Not reset (checked above): the local FIN was sent and the peer's FIN read, so the
+            // stream is gone: EOF.
+            Err(StreamError::UnknownStream) => Poll::Ready(Ok(0)),
             Err(e) => Poll::Ready(Err(self.error(&sh, e))),
         }
     }
@@ -787,12 +784,10 @@ impl AsyncWrite for Stream {
                 sh.waiters.entry(self.id).or_default().write = Some(cx.waker().clone());
                 Poll::Pending
             }
-            Err(StreamError::UnknownStream) if !sh.resets.contains_key(&self.id) => {
-                Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    "stream already finished",
-                )))
-            }
+            Err(StreamError::UnknownStream) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "stream already finished",
+            ))),
             Err(e) => Poll::Ready(Err(self.error(&sh, e))),
         }
     }

@@ -47,3 +47,37 @@ pub fn pool() -> futures::executor::ThreadPool {
         .create()
         .expect("thread pool")
 }
+
+/// What a spawned driver finally returns.
+pub type DriverResult = futures::future::RemoteHandle<std::io::Result<()>>;
+
+/// A client session over `a` and a server session over `b`, their drivers running on `pool`.
+/// Keep the returned handles alive while the test runs (dropping one cancels its driver) or
+/// await them for the drivers' results.
+#[allow(dead_code)] // not every test file uses it
+pub fn spawn_pair<A, B>(
+    pool: &futures::executor::ThreadPool,
+    a: A,
+    client_cfg: svcnet_core::mux::Config,
+    b: B,
+    server_cfg: svcnet_core::mux::Config,
+) -> (
+    svcnet_core::mux::adapter::Connection,
+    svcnet_core::mux::adapter::Connection,
+    DriverResult,
+    DriverResult,
+)
+where
+    A: futures::io::AsyncRead + futures::io::AsyncWrite + Unpin + Send + 'static,
+    B: futures::io::AsyncRead + futures::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use futures::task::SpawnExt;
+    use svcnet_core::mux::adapter::Connection;
+    use svcnet_core::mux::Role;
+    let clock = clock();
+    let (client, cd) = Connection::new(a, Role::Client, client_cfg, clock.clone());
+    let (server, sd) = Connection::new(b, Role::Server, server_cfg, clock);
+    let cd = pool.spawn_with_handle(cd).expect("spawn client driver");
+    let sd = pool.spawn_with_handle(sd).expect("spawn server driver");
+    (client, server, cd, sd)
+}
