@@ -12,6 +12,8 @@
 //! - [`addressing`]: blake3-derived network, node and service addresses; DNS names.
 //! - [`wire`]: every on-the-wire format, versioned and length-checked (`docs/protocol.md`).
 //! - [`mux`]: many byte streams over one reliable ordered byte pipe.
+//! - [`peering`]: which peers to dial when, with backoff; which connection carries new streams.
+//! - [`rng`]: the seeded generator behind every random choice.
 //! - [`fuzzing`]: the bodies of the fuzz targets, shared with the corpus-replay tests.
 #![forbid(unsafe_code)]
 
@@ -19,5 +21,7 @@ pub mod addressing;
 pub mod fuzzing;
 pub mod identity;
 pub mod mux;
+pub mod peering;
+pub mod rng;
 pub mod time;
 pub mod wire;
