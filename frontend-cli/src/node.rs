@@ -1,0 +1,975 @@
+//! The running node: QUIC endpoints, peer connections, service streams.
+//!
+//! This is the frontend half of a node: it owns sockets and tasks and moves bytes. Decisions come
+//! from the core: [`PeerBook`] says whom to dial and when, which connection carries new streams
+//! and who is authorized; `wire::stream` and `wire::control` define every byte on a stream;
+//! `service::ServiceEntry` decides which address a dialed port reaches.
+//!
+//! Per peer connection: the dialing side opens one control stream (hello, service updates,
+//! goodbye); every proxied TCP connection is its own bidirectional stream that starts with a
+//! service header. The serving side dials the target and answers with a dial reply *before* any
+//! payload, so the client learns `refused` faithfully; then bytes flow, FIN maps to a stream
+//! finish and a TCP reset to a stream reset (and back).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use quinn::{RecvStream, SendStream, VarInt};
+use svcnet_core::addressing::{NodeLabel, NodeName, ServiceName};
+use svcnet_core::identity::NodeId;
+use svcnet_core::peering::{ConnId, PeerBook, PeerStatus, PeeringConfig, PeeringEvent};
+use svcnet_core::service::TargetHost;
+use svcnet_core::time::Instant;
+use svcnet_core::wire::control::{ControlMessage, CONTROL_PREFIX_LEN};
+use svcnet_core::wire::stream::{
+    stream_error, DialReply, DialStatus, Protocol, ServiceRequest, StreamHeader,
+    TargetRef, HEADER_PREFIX_LEN, REPLY_PREFIX_LEN,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Semaphore};
+use tracing::{debug, info, warn};
+
+use crate::config::{Config, PeerAddr};
+use crate::metrics::{Direction, Metrics, ServiceCounters};
+use crate::sockopt;
+use crate::tls;
+
+/// QUIC application close codes (docs/protocol.md §4.4).
+pub mod close_code {
+    /// Clean shutdown.
+    pub const SHUTDOWN: u32 = 0;
+    /// A control-stream protocol error.
+    pub const PROTOCOL: u32 = 1;
+}
+
+/// How a node runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Accept connections on the configured listen addresses and dial peers.
+    Daemon,
+    /// Only dial out (for `svcnet proxy` and embedding): binds an ephemeral port.
+    ClientOnly,
+}
+
+/// Why a connection to a remote service could not be opened.
+#[derive(Debug)]
+pub enum OpenError {
+    /// The name does not designate a known node.
+    Resolve(String),
+    /// No connection to the node came up in time.
+    Unreachable(String),
+    /// The serving node answered with a failure.
+    Refused(DialReply),
+    /// The QUIC stream failed.
+    Stream(String),
+    /// This node is at its connection limit.
+    OverLimit,
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::Resolve(why) => write!(f, "{why}"),
+            OpenError::Unreachable(why) => write!(f, "node unreachable: {why}"),
+            OpenError::Refused(reply) if reply.message.is_empty() => {
+                write!(f, "remote node answered {}", reply.status)
+            }
+            OpenError::Refused(reply) => {
+                write!(f, "remote node answered {}: {}", reply.status, reply.message)
+            }
+            OpenError::Stream(why) => write!(f, "stream failed: {why}"),
+            OpenError::OverLimit => write!(f, "local connection limit reached ([limits] max_connections)"),
+        }
+    }
+}
+
+/// An open stream to a remote service, after a successful dial reply.
+pub struct ServiceStream {
+    /// Toward the service.
+    pub send: SendStream,
+    /// From the service.
+    pub recv: RecvStream,
+    /// Live counters for the connection.
+    pub counters: Arc<ServiceCounters>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+struct Inner {
+    config: Arc<Config>,
+    own_id: NodeId,
+    endpoints: Vec<quinn::Endpoint>,
+    client_config: quinn::ClientConfig,
+    book: Mutex<PeerBook>,
+    conns: Mutex<BTreeMap<ConnId, (NodeId, quinn::Connection)>>,
+    next_conn: AtomicU64,
+    epoch: std::time::Instant,
+    metrics: Arc<Metrics>,
+    /// Bumped on every change of the connection set, so waiters can re-check.
+    changes: watch::Sender<u64>,
+    connection_slots: Arc<Semaphore>,
+    shutdown: watch::Sender<bool>,
+    metrics_addr: std::sync::OnceLock<SocketAddr>,
+}
+
+/// A running node. Cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+fn transport_config(config: &Config) -> quinn::TransportConfig {
+    let limits = &config.limits;
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(limits.max_streams_per_peer));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    t.keep_alive_interval(Some(limits.keep_alive));
+    t.max_idle_timeout(limits.idle_timeout.try_into().ok());
+    // Windows sized for a fast LAN or loopback: one stream may use 8 MiB in flight, a connection
+    // 32 MiB. quinn allocates receive buffers as data arrives, not up front.
+    t.stream_receive_window(VarInt::from_u32(8 << 20));
+    t.receive_window(VarInt::from_u32(32 << 20));
+    t.send_window(32 << 20);
+    t
+}
+
+fn reset_key(config: &Config) -> Arc<ring::hmac::Key> {
+    // Derived from the node key so that a restarted node can still send valid stateless resets
+    // for connections its previous run held: peers then notice the restart at once instead of
+    // waiting for their idle timeout.
+    let secret = blake3::derive_key(
+        "svcnet quic stateless reset key v1",
+        &config.key.to_seed_bytes(),
+    );
+    Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret))
+}
+
+impl Node {
+    /// Binds the endpoints and starts the node's tasks. Errors say what to fix.
+    pub async fn start(config: Arc<Config>, mode: Mode) -> Result<Node, String> {
+        let own_id = config.key.node_id();
+        let allowed: Arc<BTreeSet<NodeId>> = Arc::new(config.peers.iter().map(|p| p.id).collect());
+        let transport = Arc::new(transport_config(&config));
+        let server_tls = tls::server_config(&config.key, allowed.clone())
+            .map_err(|e| format!("building the TLS server config: {e}"))?;
+        let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
+            .map_err(|e| format!("building the QUIC server config: {e}"))?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+        server_config.transport_config(transport.clone());
+        let client_tls = tls::client_config(&config.key)
+            .map_err(|e| format!("building the TLS client config: {e}"))?;
+        let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls)
+            .map_err(|e| format!("building the QUIC client config: {e}"))?;
+        let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
+        client_config.transport_config(transport);
+
+        let binds: Vec<SocketAddr> = match mode {
+            Mode::Daemon => config.listen.clone(),
+            Mode::ClientOnly => Vec::new(),
+        };
+        let mut endpoints = Vec::new();
+        let runtime = quinn::default_runtime().ok_or("no async runtime for QUIC")?;
+        for addr in &binds {
+            let socket = sockopt::bind_udp(*addr, &config.transport.socket).map_err(|e| {
+                format!("cannot listen on {addr} (config key `listen`): {e}; is another svcnet daemon running, or the port taken?")
+            })?;
+            let endpoint = quinn::Endpoint::new(
+                quinn::EndpointConfig::new(reset_key(&config)),
+                Some(server_config.clone()),
+                socket,
+                runtime.clone(),
+            )
+            .map_err(|e| format!("starting QUIC on {addr}: {e}"))?;
+            info!(addr = %endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening (QUIC)");
+            endpoints.push(endpoint);
+        }
+        // Dialing needs an endpoint of each address family a peer uses; listening endpoints serve
+        // when they match, otherwise an ephemeral client-only one is bound.
+        for family_v6 in [false, true] {
+            let needed = config.peers.iter().flat_map(|p| &p.addrs).any(|a| match a {
+                PeerAddr::Ip(ip) => ip.is_ipv6() == family_v6,
+                PeerAddr::Dns { .. } => !family_v6,
+            });
+            let have = endpoints
+                .iter()
+                .any(|e| e.local_addr().map(|a| a.is_ipv6() == family_v6).unwrap_or(false));
+            if (needed || (mode == Mode::ClientOnly && !family_v6)) && !have {
+                let addr: SocketAddr = if family_v6 {
+                    "[::]:0".parse().expect("literal")
+                } else {
+                    "0.0.0.0:0".parse().expect("literal")
+                };
+                let socket = sockopt::bind_udp(addr, &config.transport.socket)
+                    .map_err(|e| format!("binding a QUIC client socket on {addr}: {e}"))?;
+                let endpoint = quinn::Endpoint::new(
+                    quinn::EndpointConfig::new(reset_key(&config)),
+                    None,
+                    socket,
+                    runtime.clone(),
+                )
+                .map_err(|e| format!("starting QUIC on {addr}: {e}"))?;
+                endpoints.push(endpoint);
+            }
+        }
+
+        let epoch = std::time::Instant::now();
+        let mut book = PeerBook::new(
+            own_id,
+            config.name.clone(),
+            PeeringConfig {
+                seed: u64::from_le_bytes(own_id.as_bytes()[..8].try_into().expect("8 bytes")),
+                ..PeeringConfig::default()
+            },
+        );
+        for peer in &config.peers {
+            book.add_peer(peer.id, peer.name.clone(), !peer.addrs.is_empty(), Instant::ZERO);
+        }
+        let node = Node {
+            inner: Arc::new(Inner {
+                own_id,
+                endpoints,
+                client_config,
+                book: Mutex::new(book),
+                conns: Mutex::new(BTreeMap::new()),
+                next_conn: AtomicU64::new(1),
+                epoch,
+                metrics: Arc::new(Metrics::default()),
+                changes: watch::channel(0).0,
+                connection_slots: Arc::new(Semaphore::new(config.limits.max_connections)),
+                shutdown: watch::channel(false).0,
+                metrics_addr: std::sync::OnceLock::new(),
+                config,
+            }),
+        };
+        for endpoint in node.inner.endpoints.iter().filter(|_| mode == Mode::Daemon) {
+            if endpoint.local_addr().is_ok() && !binds.is_empty() {
+                tokio::spawn(node.clone().accept_loop(endpoint.clone()));
+            }
+        }
+        tokio::spawn(node.clone().peering_loop());
+        Ok(node)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.inner.own_id
+    }
+
+    /// The node's config.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.inner.config
+    }
+
+    /// The node's counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// Records where the Prometheus endpoint listens (shown by `status`).
+    pub fn set_metrics_addr(&self, addr: SocketAddr) {
+        let _ = self.inner.metrics_addr.set(addr);
+    }
+
+    /// Where the Prometheus endpoint listens, if enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.inner.metrics_addr.get().copied()
+    }
+
+    /// Local addresses of the QUIC endpoints.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.inner
+            .endpoints
+            .iter()
+            .filter_map(|e| e.local_addr().ok())
+            .collect()
+    }
+
+    fn now(&self) -> Instant {
+        Instant::from_micros(self.inner.epoch.elapsed().as_micros() as u64)
+    }
+
+    fn book(&self) -> std::sync::MutexGuard<'_, PeerBook> {
+        self.inner.book.lock().expect("peer book lock")
+    }
+
+    /// Peer status with live RTTs.
+    pub fn peer_status(&self) -> Vec<(PeerStatus, Option<Duration>, Option<SocketAddr>)> {
+        let statuses = self.book().status();
+        let conns = self.inner.conns.lock().expect("conns lock");
+        statuses
+            .into_iter()
+            .map(|s| {
+                let newest = conns
+                    .iter()
+                    .rev()
+                    .find(|(_, (peer, _))| *peer == s.id)
+                    .map(|(_, (_, c))| c);
+                let rtt = newest.map(|c| c.rtt());
+                let path = newest.map(|c| c.remote_address());
+                (s, rtt, path)
+            })
+            .collect()
+    }
+
+    /// Runs `f` with the peer book (for lookups that need names and announcements).
+    pub fn with_book<R>(&self, f: impl FnOnce(&PeerBook) -> R) -> R {
+        f(&self.book())
+    }
+
+    /// The node a label designates (this node or a peer).
+    pub fn resolve_node(&self, label: &NodeLabel) -> Result<NodeId, String> {
+        self.book().resolve(label).map_err(|e| e.to_string())
+    }
+
+    /// Display name of a node.
+    pub fn node_name(&self, id: &NodeId) -> Option<NodeName> {
+        self.book().name_of(id).cloned()
+    }
+
+    /// Closes every connection with a goodbye and stops accepting.
+    pub async fn shutdown(&self) {
+        let _ = self.inner.shutdown.send(true);
+        let conns: Vec<quinn::Connection> = self
+            .inner
+            .conns
+            .lock()
+            .expect("conns lock")
+            .values()
+            .map(|(_, c)| c.clone())
+            .collect();
+        for conn in &conns {
+            conn.close(VarInt::from_u32(close_code::SHUTDOWN), b"shutdown");
+        }
+        for endpoint in &self.inner.endpoints {
+            endpoint.close(VarInt::from_u32(close_code::SHUTDOWN), b"shutdown");
+        }
+        for endpoint in &self.inner.endpoints {
+            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Connections
+    // ---------------------------------------------------------------------------------------
+
+    async fn peering_loop(self) {
+        let mut shutdown = self.inner.shutdown.subscribe();
+        let mut changes = self.inner.changes.subscribe();
+        loop {
+            let (events, next) = {
+                let now = self.now();
+                let mut book = self.book();
+                book.handle_timeout(now);
+                let events: Vec<PeeringEvent> = std::iter::from_fn(|| book.poll_event()).collect();
+                (events, book.poll_timeout())
+            };
+            for PeeringEvent::Dial { peer, attempt } in events {
+                tokio::spawn(self.clone().dial(peer, attempt));
+            }
+            let sleep = match next {
+                Some(at) => at.saturating_duration_since(self.now()),
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                _ = changes.changed() => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    async fn dial(self, peer: NodeId, attempt: u32) {
+        let addrs: Vec<PeerAddr> = self
+            .inner
+            .config
+            .peers
+            .iter()
+            .find(|p| p.id == peer)
+            .map(|p| p.addrs.clone())
+            .unwrap_or_default();
+        let mut last_error = String::from("no addresses");
+        for addr in addrs {
+            let resolved: Vec<SocketAddr> = match &addr {
+                PeerAddr::Ip(sa) => vec![*sa],
+                PeerAddr::Dns { host, port } => {
+                    match tokio::net::lookup_host((host.as_str(), *port)).await {
+                        Ok(it) => it.collect(),
+                        Err(e) => {
+                            last_error = format!("resolving {host}: {e}");
+                            continue;
+                        }
+                    }
+                }
+            };
+            for sa in resolved {
+                match self.connect_to(peer, sa).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        debug!(peer = %peer.short(), addr = %sa, attempt, error = %e, "dial failed");
+                        last_error = format!("{sa}: {e}");
+                    }
+                }
+            }
+        }
+        if attempt == 1 || attempt % 10 == 0 {
+            warn!(peer = %peer.short(), attempt, error = %last_error, "cannot reach peer; retrying with backoff");
+        }
+        let now = self.now();
+        self.book().handle_dial_failed(peer, &last_error, now);
+        self.inner.changes.send_modify(|v| *v += 1);
+    }
+
+    async fn connect_to(&self, peer: NodeId, addr: SocketAddr) -> Result<(), String> {
+        let endpoint = self
+            .inner
+            .endpoints
+            .iter()
+            .find(|e| e.local_addr().map(|a| a.is_ipv6() == addr.is_ipv6()).unwrap_or(false))
+            .ok_or_else(|| format!("no local endpoint for {addr}'s address family"))?;
+        let connecting = endpoint
+            .connect_with(
+                self.inner.client_config.clone(),
+                addr,
+                &tls::server_name_for(&peer),
+            )
+            .map_err(|e| e.to_string())?;
+        let connection = tokio::time::timeout(self.inner.config.limits.handshake_timeout, connecting)
+            .await
+            .map_err(|_| "handshake timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        self.register(peer, connection, true).await;
+        Ok(())
+    }
+
+    async fn accept_loop(self, endpoint: quinn::Endpoint) {
+        while let Some(incoming) = endpoint.accept().await {
+            let node = self.clone();
+            tokio::spawn(async move {
+                let remote = incoming.remote_address();
+                let timeout = node.inner.config.limits.handshake_timeout;
+                let connection = match tokio::time::timeout(timeout, incoming).await {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) => {
+                        node.inner.metrics.handshakes_refused.fetch_add(1, Ordering::Relaxed);
+                        info!(%remote, error = %e, "incoming connection refused");
+                        return;
+                    }
+                    Err(_) => {
+                        node.inner.metrics.handshakes_refused.fetch_add(1, Ordering::Relaxed);
+                        info!(%remote, "incoming handshake timed out");
+                        return;
+                    }
+                };
+                let Some(peer) = tls::peer_node_id(&connection) else {
+                    connection.close(VarInt::from_u32(close_code::PROTOCOL), b"no node id");
+                    return;
+                };
+                if !node.book().is_authorized(&peer) {
+                    // The TLS verifier already refuses unknown ids; this is a second line.
+                    connection.close(VarInt::from_u32(close_code::PROTOCOL), b"not authorized");
+                    return;
+                }
+                node.register(peer, connection, false).await;
+            });
+        }
+    }
+
+    async fn register(&self, peer: NodeId, connection: quinn::Connection, dialed: bool) {
+        let id = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
+        let now = self.now();
+        self.inner
+            .conns
+            .lock()
+            .expect("conns lock")
+            .insert(id, (peer, connection.clone()));
+        self.book().handle_connected(peer, id, now);
+        self.inner.changes.send_modify(|v| *v += 1);
+        info!(
+            peer = %self.node_name(&peer).map(|n| n.to_string()).unwrap_or_else(|| peer.short()),
+            remote = %connection.remote_address(),
+            direction = if dialed { "out" } else { "in" },
+            "peer connected"
+        );
+        if dialed {
+            let node = self.clone();
+            let conn = connection.clone();
+            tokio::spawn(async move {
+                if let Err(e) = node.run_control_opener(peer, conn.clone()).await {
+                    debug!(peer = %peer.short(), error = %e, "control stream ended");
+                }
+            });
+        }
+        let node = self.clone();
+        tokio::spawn(async move {
+            node.serve_connection(peer, connection.clone()).await;
+            let reason = connection.closed().await;
+            node.inner.conns.lock().expect("conns lock").remove(&id);
+            let now = node.now();
+            node.book().handle_closed(peer, id, now);
+            node.inner.changes.send_modify(|v| *v += 1);
+            info!(peer = %peer.short(), %reason, "peer connection closed");
+        });
+    }
+
+    fn hello(&self) -> ControlMessage {
+        ControlMessage::Hello {
+            name: self.inner.config.name.clone(),
+            services: self.inner.config.services.keys().cloned().collect(),
+        }
+    }
+
+    async fn run_control_opener(&self, peer: NodeId, conn: quinn::Connection) -> Result<(), String> {
+        let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        send.write_all(&StreamHeader::Control.encode())
+            .await
+            .map_err(|e| e.to_string())?;
+        send.write_all(&self.hello().encode())
+            .await
+            .map_err(|e| e.to_string())?;
+        self.read_control(peer, recv).await
+    }
+
+    async fn read_control(&self, peer: NodeId, mut recv: RecvStream) -> Result<(), String> {
+        loop {
+            let mut prefix = [0u8; CONTROL_PREFIX_LEN];
+            match recv.read_exact(&mut prefix).await {
+                Ok(()) => {}
+                Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(()),
+                Err(e) => return Err(e.to_string()),
+            }
+            let (kind, len) = ControlMessage::decode_prefix(&prefix).map_err(|e| e.to_string())?;
+            let mut body = vec![0u8; len];
+            recv.read_exact(&mut body).await.map_err(|e| e.to_string())?;
+            match ControlMessage::decode_body(kind, &body) {
+                Ok(ControlMessage::Hello { name, services }) => {
+                    debug!(peer = %peer.short(), %name, services = services.len(), "hello");
+                    self.book().handle_announcement(peer, Some(name), services);
+                }
+                Ok(ControlMessage::Services(services)) => {
+                    self.book().handle_announcement(peer, None, services);
+                }
+                Ok(ControlMessage::Goodbye(reason)) => {
+                    debug!(peer = %peer.short(), ?reason, "goodbye");
+                }
+                Ok(ControlMessage::Unknown { kind }) => {
+                    debug!(peer = %peer.short(), kind, "skipped unknown control message");
+                }
+                Err(e) => {
+                    self.inner.metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    return Err(e.to_string());
+                }
+            }
+        }
+    }
+
+    async fn serve_connection(&self, peer: NodeId, conn: quinn::Connection) {
+        let mut shutdown = self.inner.shutdown.subscribe();
+        loop {
+            let accepted = tokio::select! {
+                s = conn.accept_bi() => s,
+                _ = shutdown.changed() => return,
+            };
+            let (send, recv) = match accepted {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+            let node = self.clone();
+            tokio::spawn(async move {
+                node.serve_stream(peer, send, recv).await;
+            });
+        }
+    }
+
+    async fn serve_stream(&self, peer: NodeId, mut send: SendStream, mut recv: RecvStream) {
+        let timeout = self.inner.config.limits.header_timeout;
+        let header = match tokio::time::timeout(timeout, read_header(&mut recv)).await {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => {
+                self.inner.metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                warn!(peer = %peer.short(), error = %e, "bad stream header; resetting the stream");
+                let _ = send.reset(VarInt::from_u32(stream_error::PROTOCOL));
+                let _ = recv.stop(VarInt::from_u32(stream_error::PROTOCOL));
+                return;
+            }
+            Err(_) => {
+                let _ = send.reset(VarInt::from_u32(stream_error::HEADER_TIMEOUT));
+                let _ = recv.stop(VarInt::from_u32(stream_error::HEADER_TIMEOUT));
+                return;
+            }
+        };
+        match header {
+            StreamHeader::Control => {
+                if send.write_all(&self.hello().encode()).await.is_ok() {
+                    if let Err(e) = self.read_control(peer, recv).await {
+                        debug!(peer = %peer.short(), error = %e, "control stream ended");
+                    }
+                }
+            }
+            StreamHeader::Service(request) => self.serve_service(peer, request, send, recv).await,
+        }
+    }
+
+    /// Dials the local target of `request`; the error is the reply to send.
+    async fn dial_local(&self, request: &ServiceRequest) -> Result<(TcpStream, String), DialReply> {
+        let TargetRef::Service(name) = &request.target else {
+            return Err(DialReply::new(
+                DialStatus::NoSuchService,
+                "roles are not served by this node yet",
+            ));
+        };
+        let Some(service) = self.inner.config.services.get(name) else {
+            return Err(DialReply::new(
+                DialStatus::NoSuchService,
+                &format!("no service `{name}` on this node"),
+            ));
+        };
+        let (host, port) = service.entry.resolve_dial(request.port).map_err(|e| {
+            DialReply::new(DialStatus::PortNotAllowed, &e.to_string())
+        })?;
+        let addrs: Vec<SocketAddr> = match host {
+            TargetHost::Ip(ip) => vec![SocketAddr::new(ip, port)],
+            TargetHost::Dns(host) => tokio::net::lookup_host((host.as_str(), port))
+                .await
+                .map_err(|e| DialReply::new(DialStatus::Unreachable, &format!("resolving {host}: {e}")))?
+                .collect(),
+        };
+        let mut last = DialReply::new(DialStatus::Unreachable, "target name has no addresses");
+        for addr in addrs {
+            match sockopt::dial_tcp(addr, &service.socket, self.inner.config.limits.connect_timeout)
+                .await
+            {
+                Ok(stream) => return Ok((stream, name.to_string())),
+                Err(e) => {
+                    let status = match e.kind() {
+                        io::ErrorKind::ConnectionRefused => DialStatus::Refused,
+                        io::ErrorKind::TimedOut => DialStatus::TimedOut,
+                        _ => DialStatus::Unreachable,
+                    };
+                    last = DialReply::new(status, &format!("connect to {addr}: {e}"));
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn serve_service(
+        &self,
+        peer: NodeId,
+        request: ServiceRequest,
+        mut send: SendStream,
+        recv: RecvStream,
+    ) {
+        let service_label = request.target.to_string();
+        let counters = self.inner.metrics.service(Direction::Served, &service_label);
+        let Ok(permit) = self.inner.connection_slots.clone().try_acquire_owned() else {
+            counters.errors_total.fetch_add(1, Ordering::Relaxed);
+            let reply = DialReply::new(DialStatus::OverLimit, "serving node is at [limits] max_connections");
+            let _ = send.write_all(&reply.encode()).await;
+            let _ = send.finish();
+            return;
+        };
+        match self.dial_local(&request).await {
+            Ok((tcp, _)) => {
+                if send
+                    .write_all(&DialReply::new(DialStatus::Connected, "").encode())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                debug!(peer = %peer.short(), service = %service_label, port = request.port, client = ?request.client, "serving connection");
+                let _active = counters.open();
+                pump(tcp, send, recv, &counters, Direction::Served).await;
+                drop(permit);
+            }
+            Err(reply) => {
+                counters.errors_total.fetch_add(1, Ordering::Relaxed);
+                debug!(peer = %peer.short(), service = %service_label, status = %reply.status, message = %reply.message, "dial refused");
+                let _ = send.write_all(&reply.encode()).await;
+                let _ = send.finish();
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Opening streams to remote services
+    // ---------------------------------------------------------------------------------------
+
+    async fn connection_to(&self, node: NodeId) -> Result<quinn::Connection, OpenError> {
+        let mut changes = self.inner.changes.subscribe();
+        let deadline = tokio::time::Instant::now() + self.inner.config.limits.connect_timeout;
+        loop {
+            let conn_id = self.book().connection_for(&node);
+            if let Some(id) = conn_id {
+                if let Some((_, c)) = self.inner.conns.lock().expect("conns lock").get(&id) {
+                    return Ok(c.clone());
+                }
+            }
+            if !self.book().is_authorized(&node) {
+                return Err(OpenError::Resolve(format!(
+                    "node {} is not in [[peers]]",
+                    node.short()
+                )));
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    let why = self
+                        .book()
+                        .status()
+                        .into_iter()
+                        .find(|s| s.id == node)
+                        .and_then(|s| s.last_error)
+                        .unwrap_or_else(|| "no connection yet (is the peer's daemon running and does it list this node in [[peers]]?)".into());
+                    return Err(OpenError::Unreachable(why));
+                }
+            }
+        }
+    }
+
+    /// Opens a connection to `target` on `node` for a client at `client`, waiting for the dial
+    /// reply. On success the returned stream carries the payload.
+    pub async fn open(
+        &self,
+        node: NodeId,
+        target: TargetRef,
+        port: u16,
+        client: Option<SocketAddr>,
+    ) -> Result<ServiceStream, OpenError> {
+        let label = format!(
+            "{}.{}",
+            target,
+            self.node_name(&node).map(|n| n.to_string()).unwrap_or_else(|| node.short())
+        );
+        let counters = self.inner.metrics.service(Direction::Proxied, &label);
+        let result = self.open_inner(node, target, port, client, &counters).await;
+        if result.is_err() {
+            counters.errors_total.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn open_inner(
+        &self,
+        node: NodeId,
+        target: TargetRef,
+        port: u16,
+        client: Option<SocketAddr>,
+        counters: &Arc<ServiceCounters>,
+    ) -> Result<ServiceStream, OpenError> {
+        let permit = self
+            .inner
+            .connection_slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| OpenError::OverLimit)?;
+        let conn = self.connection_to(node).await?;
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| OpenError::Stream(e.to_string()))?;
+        let header = StreamHeader::Service(ServiceRequest {
+            protocol: Protocol::Tcp,
+            target,
+            port,
+            client,
+        });
+        send.write_all(&header.encode())
+            .await
+            .map_err(|e| OpenError::Stream(e.to_string()))?;
+        let reply = read_reply(&mut recv)
+            .await
+            .map_err(OpenError::Stream)?;
+        if reply.status != DialStatus::Connected {
+            return Err(OpenError::Refused(reply));
+        }
+        Ok(ServiceStream {
+            send,
+            recv,
+            counters: counters.clone(),
+            permit,
+        })
+    }
+
+    /// For a service on this very node: dials it directly (no QUIC).
+    pub async fn open_local(
+        &self,
+        service: ServiceName,
+        port: u16,
+    ) -> Result<TcpStream, OpenError> {
+        let request = ServiceRequest {
+            protocol: Protocol::Tcp,
+            target: TargetRef::Service(service),
+            port,
+            client: None,
+        };
+        self.dial_local(&request)
+            .await
+            .map(|(s, _)| s)
+            .map_err(OpenError::Refused)
+    }
+}
+
+async fn read_header(recv: &mut RecvStream) -> Result<StreamHeader, String> {
+    let mut prefix = [0u8; HEADER_PREFIX_LEN];
+    recv.read_exact(&mut prefix).await.map_err(|e| e.to_string())?;
+    let (kind, len) = StreamHeader::decode_prefix(&prefix).map_err(|e| e.to_string())?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.map_err(|e| e.to_string())?;
+    StreamHeader::decode_body(kind, &body).map_err(|e| e.to_string())
+}
+
+async fn read_reply(recv: &mut RecvStream) -> Result<DialReply, String> {
+    let mut prefix = [0u8; REPLY_PREFIX_LEN];
+    recv.read_exact(&mut prefix)
+        .await
+        .map_err(|e| format!("no dial reply: {e}"))?;
+    let (status, len) = DialReply::decode_prefix(&prefix).map_err(|e| e.to_string())?;
+    let mut message = vec![0u8; len];
+    recv.read_exact(&mut message).await.map_err(|e| e.to_string())?;
+    DialReply::from_parts(status, &message).map_err(|e| e.to_string())
+}
+
+/// How one direction of a pump ended.
+enum HalfEnd {
+    /// Orderly end of data (FIN).
+    Finished,
+    /// The source was reset or the sink refused data: reset everything.
+    Reset,
+}
+
+/// Moves bytes both ways between a TCP connection and a QUIC stream until both directions end.
+/// FIN maps to finish and back; a reset on either side resets the other (TCP RST via SO_LINGER 0).
+pub async fn pump(
+    tcp: TcpStream,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    counters: &ServiceCounters,
+    direction: Direction,
+) {
+    let _ = tcp.set_nodelay(true);
+    let (mut tcp_read, mut tcp_write) = tcp.into_split();
+    // "up" carries bytes read from the local TCP socket; which counter that is depends on the side.
+    let (up_counter, down_counter) = match direction {
+        Direction::Served => (&counters.bytes_to_client, &counters.bytes_to_service),
+        Direction::Proxied => (&counters.bytes_to_service, &counters.bytes_to_client),
+    };
+    let reset = {
+        let up = async {
+            let mut buf = BytesMut::with_capacity(64 * 1024);
+            loop {
+                if buf.capacity() < 16 * 1024 {
+                    buf.reserve(64 * 1024);
+                }
+                match tcp_read.read_buf(&mut buf).await {
+                    Ok(0) => {
+                        let _ = send.finish();
+                        return HalfEnd::Finished;
+                    }
+                    Ok(n) => {
+                        up_counter.fetch_add(n as u64, Ordering::Relaxed);
+                        let chunk: Bytes = buf.split().freeze();
+                        if send.write_chunk(chunk).await.is_err() {
+                            return HalfEnd::Reset;
+                        }
+                    }
+                    Err(_) => return HalfEnd::Reset,
+                }
+            }
+        };
+        let down = async {
+            loop {
+                match recv.read_chunk(256 * 1024, true).await {
+                    Ok(Some(chunk)) => {
+                        down_counter.fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
+                        if tcp_write.write_all(&chunk.bytes).await.is_err() {
+                            return HalfEnd::Reset;
+                        }
+                    }
+                    Ok(None) => {
+                        let _ = tcp_write.shutdown().await;
+                        return HalfEnd::Finished;
+                    }
+                    Err(_) => return HalfEnd::Reset,
+                }
+            }
+        };
+        tokio::pin!(up, down);
+        let (mut up_done, mut down_done) = (false, false);
+        loop {
+            tokio::select! {
+                end = &mut up, if !up_done => match end {
+                    HalfEnd::Finished => up_done = true,
+                    HalfEnd::Reset => break true,
+                },
+                end = &mut down, if !down_done => match end {
+                    HalfEnd::Finished => down_done = true,
+                    HalfEnd::Reset => break true,
+                },
+            }
+            if up_done && down_done {
+                break false;
+            }
+        }
+    };
+    if reset {
+        counters.errors_total.fetch_add(1, Ordering::Relaxed);
+        let _ = send.reset(VarInt::from_u32(stream_error::CONNECTION_RESET));
+        let _ = recv.stop(VarInt::from_u32(stream_error::CONNECTION_RESET));
+        if let Ok(tcp) = tcp_read.reunite(tcp_write) {
+            let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
+        }
+    } else {
+        // Hold the connection slot until the peer has read everything (bounded: a peer that
+        // never reads is cut off by the idle timeout of its connection anyway).
+        let _ = tokio::time::timeout(Duration::from_secs(30), send.stopped()).await;
+    }
+}
+
+/// Pumps an opened service stream to a local client connection.
+pub async fn pump_client(tcp: TcpStream, stream: ServiceStream) {
+    let ServiceStream {
+        send,
+        recv,
+        counters,
+        permit,
+    } = stream;
+    let _active = counters.open();
+    pump(tcp, send, recv, &counters, Direction::Proxied).await;
+    drop(permit);
+}
+
+/// A peer book built from the config alone (no network): for resolving names without a daemon.
+pub fn offline_book(config: &Config) -> PeerBook {
+    let mut book = PeerBook::new(
+        config.key.node_id(),
+        config.name.clone(),
+        PeeringConfig::default(),
+    );
+    for peer in &config.peers {
+        // Not dialable: nothing will act on dial orders here.
+        book.add_peer(peer.id, peer.name.clone(), false, Instant::ZERO);
+    }
+    book
+}
+
+/// The node's Prometheus exposition.
+pub fn render_metrics(node: &Node) -> String {
+    let peers: Vec<(String, bool, Option<u64>)> = node
+        .peer_status()
+        .into_iter()
+        .map(|(s, rtt, _)| {
+            (
+                s.name.map(|n| n.to_string()).unwrap_or_else(|| s.id.short()),
+                s.connections > 0,
+                rtt.map(|d| d.as_micros() as u64),
+            )
+        })
+        .collect();
+    node.metrics().render(&peers)
+}

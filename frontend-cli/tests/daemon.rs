@@ -1,0 +1,485 @@
+//! Integration tests with real `svcnet` processes on 127.0.0.1: daemons, proxies, a real HTTP
+//! server (python3 -m http.server) and a raw TCP echo service, over real QUIC.
+//!
+//! Waiting is done by polling a condition with a deadline (daemon status, a successful connect),
+//! never by sleeping a fixed time and hoping.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use svcnet_core::identity::NodeKey;
+
+const BIN: &str = env!("CARGO_BIN_EXE_svcnet");
+
+/// A child process killed when the test ends, pass or fail.
+struct Proc(Child, &'static str);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    /// Stops with SIGTERM (clean shutdown) and waits.
+    fn terminate(mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        panic!("{} did not exit within 5 s of SIGTERM", self.1);
+    }
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    static N: AtomicU16 = AtomicU16::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "svcnet-test-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct NodeDef {
+    name: &'static str,
+    seed: u8,
+}
+
+impl NodeDef {
+    fn key_b64(&self) -> String {
+        data_encoding::BASE64.encode(&[self.seed; 32])
+    }
+    fn id(&self) -> String {
+        NodeKey::from_seed([self.seed; 32]).node_id().to_text()
+    }
+}
+
+const ALPHA: NodeDef = NodeDef {
+    name: "alpha",
+    seed: 11,
+};
+const BETA: NodeDef = NodeDef {
+    name: "beta",
+    seed: 22,
+};
+const GAMMA: NodeDef = NodeDef {
+    name: "gamma",
+    seed: 33,
+};
+
+/// Writes a config for `me` listening on `port` (0: none), knowing `peers` (def, dial port).
+fn write_config(
+    dir: &Path,
+    me: &NodeDef,
+    port: u16,
+    peers: &[(&NodeDef, Option<u16>)],
+    services: &str,
+) -> PathBuf {
+    let mut text = format!(
+        "name = \"{}\"\nprivate_key = \"{}\"\n",
+        me.name,
+        me.key_b64()
+    );
+    if port != 0 {
+        text.push_str(&format!("listen = [\"/ip4/127.0.0.1/udp/{port}/quic-v1\"]\n"));
+    }
+    text.push_str("\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    for (peer, dial) in peers {
+        let addrs = match dial {
+            Some(p) => format!("[\"/ip4/127.0.0.1/udp/{p}/quic-v1\"]"),
+            None => "[]".into(),
+        };
+        text.push_str(&format!(
+            "\n[[peers]]\nid = \"{}\"\nname = \"{}\"\naddrs = {addrs}\n",
+            peer.id(),
+            peer.name
+        ));
+    }
+    text.push_str(&format!("\n[services]\n{services}\n\n[tun]\nenabled = false\n"));
+    let path = dir.join(format!("{}.toml", me.name));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn spawn(args: &[&str], what: &'static str) -> Proc {
+    let child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {what}: {e}"));
+    Proc(child, what)
+}
+
+fn daemon(config: &Path) -> Proc {
+    spawn(
+        &["daemon", "--userspace", "--config", config.to_str().unwrap()],
+        "daemon",
+    )
+}
+
+fn proxy(config: &Path, target: &str, listen: SocketAddr) -> Proc {
+    let p = spawn(
+        &[
+            "proxy",
+            target,
+            "--listen",
+            &listen.to_string(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        "proxy",
+    );
+    wait_until("the proxy listens", Duration::from_secs(10), || {
+        TcpStream::connect(listen).is_ok()
+    });
+    p
+}
+
+fn status_json(config: &Path) -> Option<serde_json::Value> {
+    let out = Command::new(BIN)
+        .args(["status", "--json", "--config", config.to_str().unwrap()])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting until {what}");
+        thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A TCP echo server on a thread per connection; echoes until EOF, then closes its side.
+fn echo_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if stream.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = stream.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    port
+}
+
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Sends `data` through `addr` while reading the echo concurrently; returns the echo.
+fn echo_roundtrip(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut reader = stream.try_clone().unwrap();
+    let reader = thread::spawn(move || {
+        let mut out = Vec::new();
+        reader.read_to_end(&mut out).map(|_| out)
+    });
+    stream.write_all(data).unwrap();
+    stream.shutdown(Shutdown::Write).unwrap();
+    reader.join().unwrap().expect("echo read failed")
+}
+
+struct Net {
+    dir: PathBuf,
+    alpha_config: PathBuf,
+    beta_config: PathBuf,
+    alpha_port: u16,
+    _alpha: Option<Proc>,
+}
+
+/// alpha serves `services`; beta knows alpha's address (alpha knows beta without one).
+fn two_nodes(tag: &str, services: &str) -> Net {
+    let dir = tempdir(tag);
+    let alpha_port = free_udp_port();
+    let alpha_config = write_config(&dir, &ALPHA, alpha_port, &[(&BETA, None)], services);
+    let beta_config = write_config(&dir, &BETA, 0, &[(&ALPHA, Some(alpha_port))], "");
+    let alpha = daemon(&alpha_config);
+    wait_until("alpha's control socket answers", Duration::from_secs(10), || {
+        status_json(&alpha_config).is_some()
+    });
+    Net {
+        dir,
+        alpha_config,
+        beta_config,
+        alpha_port,
+        _alpha: Some(alpha),
+    }
+}
+
+#[test]
+fn init_writes_a_config_that_id_reads_and_refuses_to_overwrite() {
+    let dir = tempdir("init");
+    let path = dir.join("n.toml");
+    let out = Command::new(BIN)
+        .args(["init", "--config", path.to_str().unwrap(), "--name", "n1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(id.len(), 56);
+    let out = Command::new(BIN)
+        .args(["id", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), id);
+    let again = Command::new(BIN)
+        .args(["init", "--config", path.to_str().unwrap(), "--name", "n1"])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn startup_failures_exit_non_zero_with_a_reason() {
+    let dir = tempdir("startup");
+    // Unreadable config.
+    let out = Command::new(BIN)
+        .args(["daemon", "--userspace", "--config", "/nonexistent/svcnet.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/svcnet.toml"));
+    // Port taken.
+    let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let config = write_config(&dir, &ALPHA, port, &[], "");
+    let out = Command::new(BIN)
+        .args(["daemon", "--userspace", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&port.to_string()) && stderr.contains("listen"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn proxies_a_real_http_server() {
+    let www = tempdir("www");
+    std::fs::write(www.join("hello.txt"), "hello through svcnet\n").unwrap();
+    let http_port = free_tcp_port();
+    let _http = Proc(
+        Command::new("python3")
+            .args(["-m", "http.server", &http_port.to_string(), "--bind", "127.0.0.1"])
+            .current_dir(&www)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 is needed for this test"),
+        "http.server",
+    );
+    wait_until("http.server listens", Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", http_port)).is_ok()
+    });
+    let net = two_nodes("http", &format!("web = \"/tcp/{http_port}\""));
+    let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, free_tcp_port()));
+    let _proxy = proxy(&net.beta_config, "web.alpha", listen);
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", &format!("http://{listen}/hello.txt")])
+        .output()
+        .expect("curl is needed for this test");
+    assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello through svcnet\n");
+
+    // The served side counts the connection and its bytes while the daemon runs.
+    let status = status_json(&net.alpha_config).unwrap();
+    let served = status["counters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["direction"] == "served" && c["service"] == "web")
+        .expect("a served counter for web");
+    assert!(served["connections_total"].as_u64().unwrap() >= 1);
+    assert!(served["bytes_to_client"].as_u64().unwrap() > 20);
+    let _ = std::fs::remove_dir_all(&www);
+    let _ = std::fs::remove_dir_all(&net.dir);
+}
+
+#[test]
+fn echo_parallel_large_and_half_close() {
+    let echo_port = echo_server();
+    let net = two_nodes("echo", &format!("echo = \"/tcp/{echo_port}\""));
+    let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, free_tcp_port()));
+    let _proxy = proxy(&net.beta_config, "echo.alpha", listen);
+
+    // Half-close: our FIN reaches the service, its answer still comes back, then its FIN.
+    let echoed = echo_roundtrip(listen, b"ping");
+    assert_eq!(echoed, b"ping");
+
+    // 100 parallel connections, each with its own data.
+    let handles: Vec<_> = (0..100u64)
+        .map(|i| {
+            thread::spawn(move || {
+                let data = pseudo_random(20_000 + i as usize * 37, i);
+                let back = echo_roundtrip(listen, &data);
+                assert_eq!(blake3::hash(&back), blake3::hash(&data), "connection {i}");
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+
+    // 100 MB through one connection, checksum compared.
+    let data = pseudo_random(100 * 1024 * 1024, 7);
+    let back = echo_roundtrip(listen, &data);
+    assert_eq!(back.len(), data.len());
+    assert_eq!(blake3::hash(&back), blake3::hash(&data));
+
+    // Live status: the proxy's peer shows up as connected at alpha.
+    let status = status_json(&net.alpha_config).unwrap();
+    let beta = &status["peers"][0];
+    assert_eq!(beta["name"], "beta");
+    assert_eq!(beta["state"], "connected");
+    let _ = std::fs::remove_dir_all(&net.dir);
+}
+
+#[test]
+fn target_down_is_refused_promptly_and_unknown_nodes_are_rejected() {
+    let closed_port = free_tcp_port(); // nothing listens here
+    let net = two_nodes("refuse", &format!("down = \"/tcp/{closed_port}\""));
+    let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, free_tcp_port()));
+    let _proxy = proxy(&net.beta_config, "down.alpha", listen);
+    let start = Instant::now();
+    let mut stream = TcpStream::connect(listen).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 16];
+    let result = stream.read(&mut buf);
+    assert!(
+        matches!(&result, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "expected a reset, got {result:?}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(3), "refusal took {:?}", start.elapsed());
+
+    // gamma is not in alpha's peer list: its proxy cannot get through.
+    let gamma_config = write_config(&net.dir, &GAMMA, 0, &[(&ALPHA, Some(net.alpha_port))], "");
+    let gamma_listen = SocketAddr::from((Ipv4Addr::LOCALHOST, free_tcp_port()));
+    let _gamma = proxy(&gamma_config, "down.alpha", gamma_listen);
+    let mut stream = TcpStream::connect(gamma_listen).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    assert!(matches!(stream.read(&mut buf), Err(_) | Ok(0)));
+    let status = status_json(&net.alpha_config).unwrap();
+    assert!(
+        status["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["id"] != GAMMA.id()),
+        "gamma must not appear as a peer"
+    );
+    let metrics_refused = wait_until("alpha counts the refused handshake", Duration::from_secs(10), || {
+        metrics_value(&net.alpha_config, "svcnet_handshakes_refused_total").unwrap_or(0.0) >= 1.0
+    });
+    let _ = metrics_refused;
+    let _ = std::fs::remove_dir_all(&net.dir);
+}
+
+/// Reads one metric from the daemon's Prometheus endpoint (address from `status`).
+fn metrics_value(config: &Path, name: &str) -> Option<f64> {
+    let status = status_json(config)?;
+    let addr: SocketAddr = status["node"]["metrics"].as_str()?.parse().ok()?;
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    text.lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn daemon_restart_is_reconnected_within_five_seconds() {
+    let echo_port = echo_server();
+    let mut net = two_nodes("restart", &format!("echo = \"/tcp/{echo_port}\""));
+    let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, free_tcp_port()));
+    let _proxy = proxy(&net.beta_config, "echo.alpha", listen);
+    assert_eq!(echo_roundtrip(listen, b"before"), b"before");
+
+    net._alpha.take().unwrap().terminate();
+    let restarted = Instant::now();
+    let _alpha = daemon(&net.alpha_config);
+    let works = || {
+        TcpStream::connect(listen)
+            .and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                s.write_all(b"after")?;
+                s.shutdown(Shutdown::Write)?;
+                let mut out = Vec::new();
+                s.read_to_end(&mut out)?;
+                Ok(out == b"after")
+            })
+            .unwrap_or(false)
+    };
+    wait_until("the service works again", Duration::from_secs(5), works);
+    assert!(restarted.elapsed() < Duration::from_secs(5));
+    let _ = std::fs::remove_dir_all(&net.dir);
+}
