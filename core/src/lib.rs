@@ -10,6 +10,7 @@
 //! - [`time`]: the core's own clock-free instant type.
 //! - [`identity`]: ed25519 node identities and their text form.
 //! - [`addressing`]: blake3-derived network, node and service addresses; DNS names.
+//! - [`service`]: service targets (`/tcp/8080`, …), port allow-lists, where a dial goes.
 //! - [`wire`]: every on-the-wire format, versioned and length-checked (`docs/protocol.md`).
 //! - [`mux`]: many byte streams over one reliable ordered byte pipe.
 //! - [`fuzzing`]: the bodies of the fuzz targets, shared with the corpus-replay tests.
@@ -19,5 +20,6 @@ pub mod addressing;
 pub mod fuzzing;
 pub mod identity;
 pub mod mux;
+pub mod service;
 pub mod time;
 pub mod wire;
