@@ -223,10 +223,10 @@ fn component_text(component: &TargetComponent) -> String {
     }
 }
 
-/// Validates a DNS host name (labels of letters, digits, `-` and `_`, 1 to 63 characters, not
+/// Validates a DNS host name as targets and peer addresses use it (labels of letters, digits, `-` and `_`, 1 to 63 characters, not
 /// starting or ending with `-`; at most [`MAX_HOST_LEN`] characters) and lowercases it.
 /// Underscores are allowed because container runtimes hand out such host names.
-fn validate_host_name(name: &str) -> Result<String, TargetError> {
+pub fn validate_host_name(name: &str) -> Result<String, TargetError> {
     let bad = |reason| TargetError::BadDnsName {
         name: name.to_string(),
         reason,
