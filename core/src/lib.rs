@@ -10,6 +10,7 @@
 //! - [`time`]: the core's own clock-free instant type.
 //! - [`identity`]: ed25519 node identities and their text form.
 //! - [`addressing`]: blake3-derived network, node and service addresses; DNS names.
+//! - [`service`]: service targets (`/tcp/8080`, …), port allow-lists, where a dial goes.
 //! - [`wire`]: every on-the-wire format, versioned and length-checked (`docs/protocol.md`).
 //! - [`mux`]: many byte streams over one reliable ordered byte pipe.
 //! - [`peering`]: which peers to dial when, with backoff; which connection carries new streams.
@@ -23,5 +24,6 @@ pub mod identity;
 pub mod mux;
 pub mod peering;
 pub mod rng;
+pub mod service;
 pub mod time;
 pub mod wire;

@@ -11,7 +11,7 @@
 //! [`PeerBook::poll_timeout`] for the next instant [`PeerBook::handle_timeout`] is due. Peers are
 //! kept in a `BTreeMap`, so every output order is deterministic.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use crate::addressing::{NodeLabel, NodeName, ServiceName};
@@ -29,6 +29,8 @@ pub struct PeeringConfig {
     pub initial_backoff: Duration,
     /// Cap on the delay between attempts.
     pub max_backoff: Duration,
+    /// A connection that ends sooner than this after coming up counts as a failed attempt.
+    pub min_stable: Duration,
     /// Seed for the jitter.
     pub seed: u64,
 }
@@ -39,6 +41,7 @@ impl Default for PeeringConfig {
             initial_backoff: Duration::from_millis(250),
             // Keeps a peer that restarts reachable again well within 5 s.
             max_backoff: Duration::from_secs(2),
+            min_stable: Duration::from_secs(1),
             seed: 0,
         }
     }
@@ -108,8 +111,8 @@ struct Peer {
     configured_name: Option<NodeName>,
     announced_name: Option<NodeName>,
     dialable: bool,
-    /// Live connections, oldest first (by id, which the frontend allocates increasingly).
-    connections: BTreeSet<ConnId>,
+    /// Live connections and when each came up, oldest first (ids are allocated increasingly).
+    connections: BTreeMap<ConnId, Instant>,
     connected_since: Option<Instant>,
     dialing: bool,
     next_attempt: Option<Instant>,
@@ -170,7 +173,7 @@ impl PeerBook {
             configured_name: None,
             announced_name: None,
             dialable: false,
-            connections: BTreeSet::new(),
+            connections: BTreeMap::new(),
             connected_since: None,
             dialing: false,
             next_attempt: None,
@@ -180,8 +183,7 @@ impl PeerBook {
         });
         peer.configured_name = name;
         peer.dialable = dialable;
-        if dialable && peer.connections.is_empty() && !peer.dialing && peer.next_attempt.is_none()
-        {
+        if dialable && peer.connections.is_empty() && !peer.dialing && peer.next_attempt.is_none() {
             peer.next_attempt = Some(now);
         }
         self.handle_timeout(now);
@@ -201,7 +203,7 @@ impl PeerBook {
         if p.connections.is_empty() {
             p.connected_since = Some(now);
         }
-        p.connections.insert(conn);
+        p.connections.insert(conn, now);
         p.dialing = false;
         p.next_attempt = None;
         p.failures = 0;
@@ -223,19 +225,28 @@ impl PeerBook {
     }
 
     /// A connection to `peer` ended. With no connection left the peer is redialed at once (the
-    /// first attempt after a loss is immediate: the peer may merely have restarted).
+    /// first attempt after a loss is immediate: the peer may merely have restarted) — unless the
+    /// connection lived less than [`PeeringConfig::min_stable`]: a peer that completes the
+    /// handshake and then drops us (it does not know our id, say) counts as a failed attempt,
+    /// so the redials back off instead of spinning.
     pub fn handle_closed(&mut self, peer: NodeId, conn: ConnId, now: Instant) {
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
-        if !p.connections.remove(&conn) {
+        let Some(since) = p.connections.remove(&conn) else {
             return;
-        }
+        };
         if p.connections.is_empty() {
             p.connected_since = None;
             p.services.clear();
             if p.dialable && !p.dialing {
-                p.next_attempt = Some(now);
+                if now.saturating_duration_since(since) < self.config.min_stable {
+                    p.failures = p.failures.saturating_add(1);
+                    p.last_error = Some("the peer closed the connection right after the handshake (does it list this node in [[peers]]?)".into());
+                    p.next_attempt = Some(now + backoff(&self.config, &mut self.rng, p.failures));
+                } else {
+                    p.next_attempt = Some(now);
+                }
             }
         }
         self.handle_timeout(now);
@@ -293,7 +304,7 @@ impl PeerBook {
     pub fn connection_for(&self, peer: &NodeId) -> Option<ConnId> {
         self.peers
             .get(peer)
-            .and_then(|p| p.connections.iter().next_back().copied())
+            .and_then(|p| p.connections.keys().next_back().copied())
     }
 
     /// The node a DNS node label designates: this node, or a peer by id or name (a configured name
@@ -452,6 +463,34 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_dropped_right_after_the_handshake_backs_off() {
+        let mut b = book();
+        let t0 = Instant::from_millis(100);
+        b.add_peer(id(2), None, true, t0);
+        let mut now = t0;
+        let mut gaps = Vec::new();
+        for conn in 1..6 {
+            assert_eq!(drain(&mut b).len(), 1, "one dial order per round");
+            b.handle_connected(id(2), conn, now);
+            b.handle_closed(id(2), conn, now + Duration::from_millis(5));
+            let next = b.poll_timeout().unwrap();
+            gaps.push(next.saturating_duration_since(now));
+            now = next;
+            b.handle_timeout(now);
+        }
+        assert!(
+            gaps.iter().all(|g| *g >= Duration::from_millis(200)),
+            "{gaps:?}"
+        );
+        assert!(gaps[4] > gaps[0]);
+        assert!(b.status()[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("[[peers]]"));
+    }
+
+    #[test]
     fn passive_peers_are_authorized_but_never_dialed() {
         let mut b = book();
         b.add_peer(id(3), None, false, Instant::ZERO);
@@ -481,10 +520,7 @@ mod tests {
             ],
         );
         assert_eq!(b.resolve(&NodeLabel::Name(alpha)), Ok(id(2)));
-        assert_eq!(
-            b.resolve(&NodeLabel::parse("gamma").unwrap()),
-            Ok(id(3))
-        );
+        assert_eq!(b.resolve(&NodeLabel::parse("gamma").unwrap()), Ok(id(3)));
         assert_eq!(b.resolve(&NodeLabel::parse("self").unwrap()), Ok(id(1)));
         assert_eq!(b.resolve(&NodeLabel::Id(id(3))), Ok(id(3)));
         assert!(b.resolve(&NodeLabel::Id(id(9))).is_err());

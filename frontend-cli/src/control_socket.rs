@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use svcnet_core::addressing::{parse_name, Name, NetworkPrefix, ServiceName};
 use svcnet_core::identity::NodeId;
 use svcnet_core::peering::PeerBook;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::debug;
 
@@ -206,13 +206,17 @@ fn check_service(
         if config.services.contains_key(service) {
             return Ok(());
         }
-        return Err(format!("this node has no service `{service}` (see [services])"));
+        return Err(format!(
+            "this node has no service `{service}` (see [services])"
+        ));
     }
     // A peer's services are known once it said hello; before that the name is trusted.
     match book.status().into_iter().find(|s| s.id == *node) {
         Some(s) if s.connections > 0 && !s.services.contains(service) => Err(format!(
             "node {} does not offer `{service}` (it offers: {})",
-            s.name.map(|n| n.to_string()).unwrap_or_else(|| node.short()),
+            s.name
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| node.short()),
             s.services
                 .iter()
                 .map(|n| n.to_string())

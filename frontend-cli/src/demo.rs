@@ -77,7 +77,9 @@ async fn fetch(addr: SocketAddr) -> Result<String, String> {
         .await
         .map_err(|e| e.to_string())?;
     stream
-        .write_all(b"GET /self-check HTTP/1.1\r\nHost: web.alpha.svcnet\r\nConnection: close\r\n\r\n")
+        .write_all(
+            b"GET /self-check HTTP/1.1\r\nHost: web.alpha.svcnet\r\nConnection: close\r\n\r\n",
+        )
         .await
         .map_err(|e| e.to_string())?;
     let mut response = String::new();

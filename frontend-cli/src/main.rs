@@ -118,7 +118,9 @@ fn init_logging(log: &LogArgs, default: &str) {
     let filter = match tracing_subscriber::EnvFilter::try_new(&filter) {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("svcnet: bad --log-level `{filter}`: {e}; use error, warn, info, debug or trace");
+            eprintln!(
+                "svcnet: bad --log-level `{filter}`: {e}; use error, warn, info, debug or trace"
+            );
             std::process::exit(2);
         }
     };
@@ -139,7 +141,10 @@ fn main() -> ExitCode {
         _ => "warn",
     };
     init_logging(&cli.log, default_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("svcnet: cannot start the async runtime: {e}");
@@ -305,7 +310,11 @@ fn print_status(status: &Value) {
         node["address"].as_str().unwrap_or("?"),
         node["listen"]
             .as_array()
-            .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+            .map(|a| a
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", "))
             .unwrap_or_default()
     );
     println!("\nPEER        STATE       RTT       PATH                    SERVICES");
@@ -320,7 +329,12 @@ fn print_status(status: &Value) {
             .unwrap_or_else(|| "-".into());
         let services = p["services"]
             .as_array()
-            .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","))
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
             .unwrap_or_default();
         println!(
             "{:<11} {:<11} {:<9} {:<23} {}",

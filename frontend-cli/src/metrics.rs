@@ -111,11 +111,36 @@ impl Metrics {
         let mut out = String::new();
         let rows = self.snapshot();
         let families: [(&str, &str, &str, usize); 5] = [
-            ("svcnet_service_bytes_to_service_total", "counter", "Bytes from clients toward the service.", 0),
-            ("svcnet_service_bytes_to_client_total", "counter", "Bytes from the service toward clients.", 1),
-            ("svcnet_service_connections_total", "counter", "Connections opened.", 2),
-            ("svcnet_service_connections_active", "gauge", "Connections open now.", 3),
-            ("svcnet_service_errors_total", "counter", "Connections refused, failed or reset.", 4),
+            (
+                "svcnet_service_bytes_to_service_total",
+                "counter",
+                "Bytes from clients toward the service.",
+                0,
+            ),
+            (
+                "svcnet_service_bytes_to_client_total",
+                "counter",
+                "Bytes from the service toward clients.",
+                1,
+            ),
+            (
+                "svcnet_service_connections_total",
+                "counter",
+                "Connections opened.",
+                2,
+            ),
+            (
+                "svcnet_service_connections_active",
+                "gauge",
+                "Connections open now.",
+                3,
+            ),
+            (
+                "svcnet_service_errors_total",
+                "counter",
+                "Connections refused, failed or reset.",
+                4,
+            ),
         ];
         for (name, kind, help, index) in families {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -155,8 +180,16 @@ impl Metrics {
             }
         }
         for (name, help, value) in [
-            ("svcnet_handshakes_refused_total", "Incoming connections refused during the handshake.", &self.handshakes_refused),
-            ("svcnet_protocol_errors_total", "Streams closed for a protocol error.", &self.protocol_errors),
+            (
+                "svcnet_handshakes_refused_total",
+                "Incoming connections refused during the handshake.",
+                &self.handshakes_refused,
+            ),
+            (
+                "svcnet_protocol_errors_total",
+                "Streams closed for a protocol error.",
+                &self.protocol_errors,
+            ),
         ] {
             let _ = writeln!(
                 out,
@@ -228,15 +261,13 @@ mod tests {
         assert!(text.contains(
             "svcnet_service_bytes_to_client_total{direction=\"served\",service=\"web\"} 1234"
         ));
-        assert!(text.contains(
-            "svcnet_service_connections_active{direction=\"served\",service=\"web\"} 1"
-        ));
+        assert!(text
+            .contains("svcnet_service_connections_active{direction=\"served\",service=\"web\"} 1"));
         assert!(text.contains("svcnet_peer_connected{peer=\"al\\\"pha\"} 1"));
         assert!(text.contains("svcnet_peer_rtt_seconds{peer=\"al\\\"pha\"} 0.001500"));
         drop(guard);
         let text = m.render(&[]);
-        assert!(text.contains(
-            "svcnet_service_connections_active{direction=\"served\",service=\"web\"} 0"
-        ));
+        assert!(text
+            .contains("svcnet_service_connections_active{direction=\"served\",service=\"web\"} 0"));
     }
 }

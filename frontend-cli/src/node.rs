@@ -27,8 +27,8 @@ use svcnet_core::service::TargetHost;
 use svcnet_core::time::Instant;
 use svcnet_core::wire::control::{ControlMessage, CONTROL_PREFIX_LEN};
 use svcnet_core::wire::stream::{
-    stream_error, DialReply, DialStatus, Protocol, ServiceRequest, StreamHeader,
-    TargetRef, HEADER_PREFIX_LEN, REPLY_PREFIX_LEN,
+    stream_error, DialReply, DialStatus, Protocol, ServiceRequest, StreamHeader, TargetRef,
+    HEADER_PREFIX_LEN, REPLY_PREFIX_LEN,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -81,10 +81,17 @@ impl std::fmt::Display for OpenError {
                 write!(f, "remote node answered {}", reply.status)
             }
             OpenError::Refused(reply) => {
-                write!(f, "remote node answered {}: {}", reply.status, reply.message)
+                write!(
+                    f,
+                    "remote node answered {}: {}",
+                    reply.status, reply.message
+                )
             }
             OpenError::Stream(why) => write!(f, "stream failed: {why}"),
-            OpenError::OverLimit => write!(f, "local connection limit reached ([limits] max_connections)"),
+            OpenError::OverLimit => write!(
+                f,
+                "local connection limit reached ([limits] max_connections)"
+            ),
         }
     }
 }
@@ -195,9 +202,11 @@ impl Node {
                 PeerAddr::Ip(ip) => ip.is_ipv6() == family_v6,
                 PeerAddr::Dns { .. } => !family_v6,
             });
-            let have = endpoints
-                .iter()
-                .any(|e| e.local_addr().map(|a| a.is_ipv6() == family_v6).unwrap_or(false));
+            let have = endpoints.iter().any(|e| {
+                e.local_addr()
+                    .map(|a| a.is_ipv6() == family_v6)
+                    .unwrap_or(false)
+            });
             if (needed || (mode == Mode::ClientOnly && !family_v6)) && !have {
                 let addr: SocketAddr = if family_v6 {
                     "[::]:0".parse().expect("literal")
@@ -227,7 +236,12 @@ impl Node {
             },
         );
         for peer in &config.peers {
-            book.add_peer(peer.id, peer.name.clone(), !peer.addrs.is_empty(), Instant::ZERO);
+            book.add_peer(
+                peer.id,
+                peer.name.clone(),
+                !peer.addrs.is_empty(),
+                Instant::ZERO,
+            );
         }
         let node = Node {
             inner: Arc::new(Inner {
@@ -416,7 +430,7 @@ impl Node {
                 }
             }
         }
-        if attempt == 1 || attempt % 10 == 0 {
+        if attempt == 1 || attempt.is_multiple_of(10) {
             warn!(peer = %peer.short(), attempt, error = %last_error, "cannot reach peer; retrying with backoff");
         }
         let now = self.now();
@@ -429,7 +443,11 @@ impl Node {
             .inner
             .endpoints
             .iter()
-            .find(|e| e.local_addr().map(|a| a.is_ipv6() == addr.is_ipv6()).unwrap_or(false))
+            .find(|e| {
+                e.local_addr()
+                    .map(|a| a.is_ipv6() == addr.is_ipv6())
+                    .unwrap_or(false)
+            })
             .ok_or_else(|| format!("no local endpoint for {addr}'s address family"))?;
         let connecting = endpoint
             .connect_with(
@@ -438,10 +456,11 @@ impl Node {
                 &tls::server_name_for(&peer),
             )
             .map_err(|e| e.to_string())?;
-        let connection = tokio::time::timeout(self.inner.config.limits.handshake_timeout, connecting)
-            .await
-            .map_err(|_| "handshake timed out".to_string())?
-            .map_err(|e| e.to_string())?;
+        let connection =
+            tokio::time::timeout(self.inner.config.limits.handshake_timeout, connecting)
+                .await
+                .map_err(|_| "handshake timed out".to_string())?
+                .map_err(|e| e.to_string())?;
         self.register(peer, connection, true).await;
         Ok(())
     }
@@ -455,12 +474,18 @@ impl Node {
                 let connection = match tokio::time::timeout(timeout, incoming).await {
                     Ok(Ok(c)) => c,
                     Ok(Err(e)) => {
-                        node.inner.metrics.handshakes_refused.fetch_add(1, Ordering::Relaxed);
+                        node.inner
+                            .metrics
+                            .handshakes_refused
+                            .fetch_add(1, Ordering::Relaxed);
                         info!(%remote, error = %e, "incoming connection refused");
                         return;
                     }
                     Err(_) => {
-                        node.inner.metrics.handshakes_refused.fetch_add(1, Ordering::Relaxed);
+                        node.inner
+                            .metrics
+                            .handshakes_refused
+                            .fetch_add(1, Ordering::Relaxed);
                         info!(%remote, "incoming handshake timed out");
                         return;
                     }
@@ -523,7 +548,11 @@ impl Node {
         }
     }
 
-    async fn run_control_opener(&self, peer: NodeId, conn: quinn::Connection) -> Result<(), String> {
+    async fn run_control_opener(
+        &self,
+        peer: NodeId,
+        conn: quinn::Connection,
+    ) -> Result<(), String> {
         let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
         send.write_all(&StreamHeader::Control.encode())
             .await
@@ -544,7 +573,9 @@ impl Node {
             }
             let (kind, len) = ControlMessage::decode_prefix(&prefix).map_err(|e| e.to_string())?;
             let mut body = vec![0u8; len];
-            recv.read_exact(&mut body).await.map_err(|e| e.to_string())?;
+            recv.read_exact(&mut body)
+                .await
+                .map_err(|e| e.to_string())?;
             match ControlMessage::decode_body(kind, &body) {
                 Ok(ControlMessage::Hello { name, services }) => {
                     debug!(peer = %peer.short(), %name, services = services.len(), "hello");
@@ -560,7 +591,10 @@ impl Node {
                     debug!(peer = %peer.short(), kind, "skipped unknown control message");
                 }
                 Err(e) => {
-                    self.inner.metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    self.inner
+                        .metrics
+                        .protocol_errors
+                        .fetch_add(1, Ordering::Relaxed);
                     return Err(e.to_string());
                 }
             }
@@ -590,7 +624,10 @@ impl Node {
         let header = match tokio::time::timeout(timeout, read_header(&mut recv)).await {
             Ok(Ok(h)) => h,
             Ok(Err(e)) => {
-                self.inner.metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .metrics
+                    .protocol_errors
+                    .fetch_add(1, Ordering::Relaxed);
                 warn!(peer = %peer.short(), error = %e, "bad stream header; resetting the stream");
                 let _ = send.reset(VarInt::from_u32(stream_error::PROTOCOL));
                 let _ = recv.stop(VarInt::from_u32(stream_error::PROTOCOL));
@@ -628,20 +665,27 @@ impl Node {
                 &format!("no service `{name}` on this node"),
             ));
         };
-        let (host, port) = service.entry.resolve_dial(request.port).map_err(|e| {
-            DialReply::new(DialStatus::PortNotAllowed, &e.to_string())
-        })?;
+        let (host, port) = service
+            .entry
+            .resolve_dial(request.port)
+            .map_err(|e| DialReply::new(DialStatus::PortNotAllowed, &e.to_string()))?;
         let addrs: Vec<SocketAddr> = match host {
             TargetHost::Ip(ip) => vec![SocketAddr::new(ip, port)],
             TargetHost::Dns(host) => tokio::net::lookup_host((host.as_str(), port))
                 .await
-                .map_err(|e| DialReply::new(DialStatus::Unreachable, &format!("resolving {host}: {e}")))?
+                .map_err(|e| {
+                    DialReply::new(DialStatus::Unreachable, &format!("resolving {host}: {e}"))
+                })?
                 .collect(),
         };
         let mut last = DialReply::new(DialStatus::Unreachable, "target name has no addresses");
         for addr in addrs {
-            match sockopt::dial_tcp(addr, &service.socket, self.inner.config.limits.connect_timeout)
-                .await
+            match sockopt::dial_tcp(
+                addr,
+                &service.socket,
+                self.inner.config.limits.connect_timeout,
+            )
+            .await
             {
                 Ok(stream) => return Ok((stream, name.to_string())),
                 Err(e) => {
@@ -665,10 +709,16 @@ impl Node {
         recv: RecvStream,
     ) {
         let service_label = request.target.to_string();
-        let counters = self.inner.metrics.service(Direction::Served, &service_label);
+        let counters = self
+            .inner
+            .metrics
+            .service(Direction::Served, &service_label);
         let Ok(permit) = self.inner.connection_slots.clone().try_acquire_owned() else {
             counters.errors_total.fetch_add(1, Ordering::Relaxed);
-            let reply = DialReply::new(DialStatus::OverLimit, "serving node is at [limits] max_connections");
+            let reply = DialReply::new(
+                DialStatus::OverLimit,
+                "serving node is at [limits] max_connections",
+            );
             let _ = send.write_all(&reply.encode()).await;
             let _ = send.finish();
             return;
@@ -744,7 +794,9 @@ impl Node {
         let label = format!(
             "{}.{}",
             target,
-            self.node_name(&node).map(|n| n.to_string()).unwrap_or_else(|| node.short())
+            self.node_name(&node)
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| node.short())
         );
         let counters = self.inner.metrics.service(Direction::Proxied, &label);
         let result = self.open_inner(node, target, port, client, &counters).await;
@@ -782,9 +834,7 @@ impl Node {
         send.write_all(&header.encode())
             .await
             .map_err(|e| OpenError::Stream(e.to_string()))?;
-        let reply = read_reply(&mut recv)
-            .await
-            .map_err(OpenError::Stream)?;
+        let reply = read_reply(&mut recv).await.map_err(OpenError::Stream)?;
         if reply.status != DialStatus::Connected {
             return Err(OpenError::Refused(reply));
         }
@@ -817,10 +867,14 @@ impl Node {
 
 async fn read_header(recv: &mut RecvStream) -> Result<StreamHeader, String> {
     let mut prefix = [0u8; HEADER_PREFIX_LEN];
-    recv.read_exact(&mut prefix).await.map_err(|e| e.to_string())?;
+    recv.read_exact(&mut prefix)
+        .await
+        .map_err(|e| e.to_string())?;
     let (kind, len) = StreamHeader::decode_prefix(&prefix).map_err(|e| e.to_string())?;
     let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await.map_err(|e| e.to_string())?;
+    recv.read_exact(&mut body)
+        .await
+        .map_err(|e| e.to_string())?;
     StreamHeader::decode_body(kind, &body).map_err(|e| e.to_string())
 }
 
@@ -831,7 +885,9 @@ async fn read_reply(recv: &mut RecvStream) -> Result<DialReply, String> {
         .map_err(|e| format!("no dial reply: {e}"))?;
     let (status, len) = DialReply::decode_prefix(&prefix).map_err(|e| e.to_string())?;
     let mut message = vec![0u8; len];
-    recv.read_exact(&mut message).await.map_err(|e| e.to_string())?;
+    recv.read_exact(&mut message)
+        .await
+        .map_err(|e| e.to_string())?;
     DialReply::from_parts(status, &message).map_err(|e| e.to_string())
 }
 
@@ -965,7 +1021,9 @@ pub fn render_metrics(node: &Node) -> String {
         .into_iter()
         .map(|(s, rtt, _)| {
             (
-                s.name.map(|n| n.to_string()).unwrap_or_else(|| s.id.short()),
+                s.name
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| s.id.short()),
                 s.connections > 0,
                 rtt.map(|d| d.as_micros() as u64),
             )

@@ -41,9 +41,10 @@ pub fn parse_target(text: &str, zone: &Zone) -> Result<ProxyTarget, String> {
     let (name, port) = match text.rsplit_once(':') {
         Some((name, port)) => (
             name,
-            Some(port.parse::<u16>().map_err(|_| {
-                format!("`{port}` in `{text}` is not a port number (1-65535)")
-            })?),
+            Some(
+                port.parse::<u16>()
+                    .map_err(|_| format!("`{port}` in `{text}` is not a port number (1-65535)"))?,
+            ),
         ),
         None => (text, None),
     };
@@ -52,10 +53,7 @@ pub fn parse_target(text: &str, zone: &Zone) -> Result<ProxyTarget, String> {
             "`{text}` names a role; role targets need the service registry, which this build does not have yet — name a service as SERVICE.NODE"
         ));
     }
-    let fqdn = if name
-        .to_ascii_lowercase()
-        .ends_with(&format!(".{zone}"))
-    {
+    let fqdn = if name.to_ascii_lowercase().ends_with(&format!(".{zone}")) {
         name.to_string()
     } else {
         format!("{name}.{zone}")
@@ -69,7 +67,9 @@ pub fn parse_target(text: &str, zone: &Zone) -> Result<ProxyTarget, String> {
         Ok(_) => Err(format!(
             "`{text}` is not a service name; expected SERVICE.NODE, e.g. web.alpha"
         )),
-        Err(e) => Err(format!("`{text}`: {e}; expected SERVICE.NODE, e.g. web.alpha")),
+        Err(e) => Err(format!(
+            "`{text}`: {e}; expected SERVICE.NODE, e.g. web.alpha"
+        )),
     }
 }
 
@@ -87,10 +87,7 @@ pub async fn run(node: Node, target: ProxyTarget, listener: tokio::net::TcpListe
         };
         let node = node.clone();
         let target = target.clone();
-        let port = target
-            .port
-            .or(listen.map(|a| a.port()))
-            .unwrap_or(0);
+        let port = target.port.or(listen.map(|a| a.port())).unwrap_or(0);
         tokio::spawn(async move {
             forward(node, target, port, client, peer).await;
         });
@@ -119,7 +116,12 @@ async fn forward(node: Node, target: ProxyTarget, port: u16, client: TcpStream, 
         return;
     }
     match node
-        .open(node_id, TargetRef::Service(target.service.clone()), port, Some(peer))
+        .open(
+            node_id,
+            TargetRef::Service(target.service.clone()),
+            port,
+            Some(peer),
+        )
         .await
     {
         Ok(stream) => {
@@ -161,8 +163,14 @@ mod tests {
         assert_eq!(t.node, NodeLabel::parse("alpha").unwrap());
         assert_eq!(t.port, None);
         assert_eq!(parse_target("web.alpha.svcnet", &zone()).unwrap(), t);
-        assert_eq!(parse_target("WEB.Alpha.svcnet.", &zone()).unwrap().port, None);
-        assert_eq!(parse_target("web.alpha:8443", &zone()).unwrap().port, Some(8443));
+        assert_eq!(
+            parse_target("WEB.Alpha.svcnet.", &zone()).unwrap().port,
+            None
+        );
+        assert_eq!(
+            parse_target("web.alpha:8443", &zone()).unwrap().port,
+            Some(8443)
+        );
         assert_eq!(t.to_string(), "web.alpha");
     }
 
@@ -172,6 +180,8 @@ mod tests {
             let err = parse_target(bad, &zone()).unwrap_err();
             assert!(err.contains(bad) || err.contains("port"), "{bad}: {err}");
         }
-        assert!(parse_target("alpha", &zone()).unwrap_err().contains("SERVICE.NODE"));
+        assert!(parse_target("alpha", &zone())
+            .unwrap_err()
+            .contains("SERVICE.NODE"));
     }
 }

@@ -113,7 +113,9 @@ fn write_config(
         me.key_b64()
     );
     if port != 0 {
-        text.push_str(&format!("listen = [\"/ip4/127.0.0.1/udp/{port}/quic-v1\"]\n"));
+        text.push_str(&format!(
+            "listen = [\"/ip4/127.0.0.1/udp/{port}/quic-v1\"]\n"
+        ));
     }
     text.push_str("\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
     for (peer, dial) in peers {
@@ -127,7 +129,9 @@ fn write_config(
             peer.name
         ));
     }
-    text.push_str(&format!("\n[services]\n{services}\n\n[tun]\nenabled = false\n"));
+    text.push_str(&format!(
+        "\n[services]\n{services}\n\n[tun]\nenabled = false\n"
+    ));
     let path = dir.join(format!("{}.toml", me.name));
     std::fs::write(&path, text).unwrap();
     path
@@ -146,7 +150,12 @@ fn spawn(args: &[&str], what: &'static str) -> Proc {
 
 fn daemon(config: &Path) -> Proc {
     spawn(
-        &["daemon", "--userspace", "--config", config.to_str().unwrap()],
+        &[
+            "daemon",
+            "--userspace",
+            "--config",
+            config.to_str().unwrap(),
+        ],
         "daemon",
     )
 }
@@ -186,7 +195,10 @@ fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Du
         if cond() {
             return start.elapsed();
         }
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting until {what}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting until {what}"
+        );
         thread::sleep(Duration::from_millis(25));
     }
 }
@@ -232,7 +244,9 @@ fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
 /// Sends `data` through `addr` while reading the echo concurrently; returns the echo.
 fn echo_roundtrip(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
     let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
     let mut reader = stream.try_clone().unwrap();
     let reader = thread::spawn(move || {
         let mut out = Vec::new();
@@ -258,9 +272,11 @@ fn two_nodes(tag: &str, services: &str) -> Net {
     let alpha_config = write_config(&dir, &ALPHA, alpha_port, &[(&BETA, None)], services);
     let beta_config = write_config(&dir, &BETA, 0, &[(&ALPHA, Some(alpha_port))], "");
     let alpha = daemon(&alpha_config);
-    wait_until("alpha's control socket answers", Duration::from_secs(10), || {
-        status_json(&alpha_config).is_some()
-    });
+    wait_until(
+        "alpha's control socket answers",
+        Duration::from_secs(10),
+        || status_json(&alpha_config).is_some(),
+    );
     Net {
         dir,
         alpha_config,
@@ -278,7 +294,11 @@ fn init_writes_a_config_that_id_reads_and_refuses_to_overwrite() {
         .args(["init", "--config", path.to_str().unwrap(), "--name", "n1"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert_eq!(id.len(), 56);
     let out = Command::new(BIN)
@@ -300,7 +320,12 @@ fn startup_failures_exit_non_zero_with_a_reason() {
     let dir = tempdir("startup");
     // Unreadable config.
     let out = Command::new(BIN)
-        .args(["daemon", "--userspace", "--config", "/nonexistent/svcnet.toml"])
+        .args([
+            "daemon",
+            "--userspace",
+            "--config",
+            "/nonexistent/svcnet.toml",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -310,12 +335,20 @@ fn startup_failures_exit_non_zero_with_a_reason() {
     let port = taken.local_addr().unwrap().port();
     let config = write_config(&dir, &ALPHA, port, &[], "");
     let out = Command::new(BIN)
-        .args(["daemon", "--userspace", "--config", config.to_str().unwrap()])
+        .args([
+            "daemon",
+            "--userspace",
+            "--config",
+            config.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&port.to_string()) && stderr.contains("listen"), "{stderr}");
+    assert!(
+        stderr.contains(&port.to_string()) && stderr.contains("listen"),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -326,7 +359,13 @@ fn proxies_a_real_http_server() {
     let http_port = free_tcp_port();
     let _http = Proc(
         Command::new("python3")
-            .args(["-m", "http.server", &http_port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "-m",
+                "http.server",
+                &http_port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
             .current_dir(&www)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -341,11 +380,23 @@ fn proxies_a_real_http_server() {
     let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, free_tcp_port()));
     let _proxy = proxy(&net.beta_config, "web.alpha", listen);
     let out = Command::new("curl")
-        .args(["-sS", "--max-time", "10", &format!("http://{listen}/hello.txt")])
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            &format!("http://{listen}/hello.txt"),
+        ])
         .output()
         .expect("curl is needed for this test");
-    assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello through svcnet\n");
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello through svcnet\n"
+    );
 
     // The served side counts the connection and its bytes while the daemon runs.
     let status = status_json(&net.alpha_config).unwrap();
@@ -408,21 +459,29 @@ fn target_down_is_refused_promptly_and_unknown_nodes_are_rejected() {
     let _proxy = proxy(&net.beta_config, "down.alpha", listen);
     let start = Instant::now();
     let mut stream = TcpStream::connect(listen).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let mut buf = [0u8; 16];
     let result = stream.read(&mut buf);
     assert!(
         matches!(&result, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
         "expected a reset, got {result:?}"
     );
-    assert!(start.elapsed() < Duration::from_secs(3), "refusal took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "refusal took {:?}",
+        start.elapsed()
+    );
 
     // gamma is not in alpha's peer list: its proxy cannot get through.
     let gamma_config = write_config(&net.dir, &GAMMA, 0, &[(&ALPHA, Some(net.alpha_port))], "");
     let gamma_listen = SocketAddr::from((Ipv4Addr::LOCALHOST, free_tcp_port()));
     let _gamma = proxy(&gamma_config, "down.alpha", gamma_listen);
     let mut stream = TcpStream::connect(gamma_listen).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
     assert!(matches!(stream.read(&mut buf), Err(_) | Ok(0)));
     let status = status_json(&net.alpha_config).unwrap();
     assert!(
@@ -433,9 +492,14 @@ fn target_down_is_refused_promptly_and_unknown_nodes_are_rejected() {
             .all(|p| p["id"] != GAMMA.id()),
         "gamma must not appear as a peer"
     );
-    let metrics_refused = wait_until("alpha counts the refused handshake", Duration::from_secs(10), || {
-        metrics_value(&net.alpha_config, "svcnet_handshakes_refused_total").unwrap_or(0.0) >= 1.0
-    });
+    let metrics_refused = wait_until(
+        "alpha counts the refused handshake",
+        Duration::from_secs(10),
+        || {
+            metrics_value(&net.alpha_config, "svcnet_handshakes_refused_total").unwrap_or(0.0)
+                >= 1.0
+        },
+    );
     let _ = metrics_refused;
     let _ = std::fs::remove_dir_all(&net.dir);
 }

@@ -218,7 +218,10 @@ mod tests {
     use super::*;
 
     fn services(names: &[&str]) -> Vec<ServiceName> {
-        names.iter().map(|n| ServiceName::parse(n).unwrap()).collect()
+        names
+            .iter()
+            .map(|n| ServiceName::parse(n).unwrap())
+            .collect()
     }
 
     /// The example of `docs/protocol.md` §5.

@@ -137,14 +137,22 @@ impl fmt::Display for StreamHeaderError {
                 write!(f, "stream header version {v} is not supported (this node speaks {STREAM_VERSION})")
             }
             StreamHeaderError::UnknownKind(k) => write!(f, "unknown stream kind {k}"),
-            StreamHeaderError::BodyTooLong(n) => write!(f, "stream header body of {n} bytes is too long"),
-            StreamHeaderError::Truncated(field) => write!(f, "stream header truncated in field {field}"),
-            StreamHeaderError::TrailingBytes(n) => write!(f, "{n} unexpected bytes after the stream header"),
+            StreamHeaderError::BodyTooLong(n) => {
+                write!(f, "stream header body of {n} bytes is too long")
+            }
+            StreamHeaderError::Truncated(field) => {
+                write!(f, "stream header truncated in field {field}")
+            }
+            StreamHeaderError::TrailingBytes(n) => {
+                write!(f, "{n} unexpected bytes after the stream header")
+            }
             StreamHeaderError::UnknownProtocol(p) => write!(f, "unknown protocol number {p}"),
             StreamHeaderError::UnknownTargetType(t) => write!(f, "unknown target type {t}"),
             StreamHeaderError::BadName(why) => write!(f, "bad target name: {why}"),
             StreamHeaderError::BadRange => write!(f, "bad version range text"),
-            StreamHeaderError::UnknownFamily(fam) => write!(f, "unknown client address family {fam}"),
+            StreamHeaderError::UnknownFamily(fam) => {
+                write!(f, "unknown client address family {fam}")
+            }
             StreamHeaderError::UnknownStatus(s) => write!(f, "unknown dial status {s}"),
             StreamHeaderError::BadMessage => write!(f, "reply message is not UTF-8"),
         }
@@ -278,8 +286,8 @@ fn decode_service(body: &[u8]) -> Result<ServiceRequest, StreamHeaderError> {
     };
     let target_type = r.u8("target_type")?;
     let name = r.short("name")?;
-    let name = std::str::from_utf8(name)
-        .map_err(|_| StreamHeaderError::BadName("not UTF-8".into()))?;
+    let name =
+        std::str::from_utf8(name).map_err(|_| StreamHeaderError::BadName("not UTF-8".into()))?;
     let target = match target_type {
         TARGET_SERVICE => TargetRef::Service(
             ServiceName::parse(name).map_err(|e| StreamHeaderError::BadName(e.to_string()))?,
@@ -596,7 +604,11 @@ mod tests {
         })
         .encode();
         for cut in 0..bytes.len() {
-            assert_eq!(StreamHeader::decode(&bytes[..cut]).unwrap(), None, "cut {cut}");
+            assert_eq!(
+                StreamHeader::decode(&bytes[..cut]).unwrap(),
+                None,
+                "cut {cut}"
+            );
         }
     }
 
