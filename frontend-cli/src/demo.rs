@@ -22,10 +22,22 @@ use crate::config::Config;
 use crate::node::{Mode, Node};
 use crate::proxy;
 
-fn fresh_key() -> Result<String, String> {
+/// A fresh node key, as the config's `private_key` text.
+pub fn fresh_key() -> Result<String, String> {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| format!("no OS randomness for a demo key: {e}"))?;
     Ok(data_encoding::BASE64.encode(&seed))
+}
+
+/// The node id text of a `private_key` text.
+pub fn id_of(key: &str) -> Result<String, String> {
+    let bytes = data_encoding::BASE64
+        .decode(key.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let seed: [u8; 32] = bytes.try_into().map_err(|_| "seed length")?;
+    Ok(svcnet_core::identity::NodeKey::from_seed(seed)
+        .node_id()
+        .to_text())
 }
 
 /// The demo's HTTP service: answers every request with a short page and a request counter.
@@ -55,7 +67,9 @@ async fn serve_http(listener: tokio::net::TcpListener) {
     }
 }
 
-fn node_config(
+/// A node config parsed by the real loader: `peers` is `[[peers]]` TOML, `services` the body of
+/// `[services]`; TUN off.
+pub fn node_config(
     name: &str,
     key: &str,
     listen: &str,
@@ -99,15 +113,6 @@ pub async fn run(port: u16, check: bool) -> Result<(), String> {
     tokio::spawn(serve_http(http));
 
     let (alpha_key, beta_key) = (fresh_key()?, fresh_key()?);
-    let id_of = |key: &str| -> Result<String, String> {
-        let bytes = data_encoding::BASE64
-            .decode(key.as_bytes())
-            .map_err(|e| e.to_string())?;
-        let seed: [u8; 32] = bytes.try_into().map_err(|_| "seed length")?;
-        Ok(svcnet_core::identity::NodeKey::from_seed(seed)
-            .node_id()
-            .to_text())
-    };
     let (alpha_id, beta_id) = (id_of(&alpha_key)?, id_of(&beta_key)?);
 
     let alpha_config = node_config(
