@@ -604,7 +604,12 @@ fn socket_table_errors() {
     assert_error(
         "[transport.socket]\nrecv_buffer = 10\n",
         "transport.socket.recv_buffer",
-        "out of range",
+        "10 is out of range: 1024 to 268435456",
+    );
+    assert_error(
+        "[proxy.socket]\nkeepalive_idle = \"1s\"\nkeepalive_interval = \"1s\"\nkeepalive_count = 200\n",
+        "proxy.socket.keepalive_count",
+        "200 is out of range: 1 to 127",
     );
     assert_error(
         "[transport.socket]\nmark = -1\n",
@@ -672,6 +677,17 @@ fn service_table_errors() {
         "services.couch.ports[0]",
         "expected a port",
     );
+}
+
+#[test]
+fn deep_nesting_is_an_error_not_a_crash() {
+    for text in [
+        format!("listen = {}", "[".repeat(100_000)),
+        format!("x = {}1{}", "[".repeat(5_000), "]".repeat(5_000)),
+        format!("x = {}", "{ a = ".repeat(5_000)),
+    ] {
+        assert!(Config::from_toml(&text, Path::new("a.toml")).is_err());
+    }
 }
 
 #[test]
@@ -852,4 +868,28 @@ proptest! {
         let doc = format!("{}[services]\nweb = {text:?}\n", base());
         let _ = Config::from_toml(&doc, Path::new("x.toml"));
     }
+}
+
+#[test]
+fn the_complete_example_of_the_reference_loads() {
+    let reference = include_str!("../../../docs/config.md");
+    let section = reference
+        .split("## A complete example")
+        .nth(1)
+        .expect("docs/config.md has a complete example");
+    let example = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the example is a toml block");
+    let config = Config::from_toml(example, Path::new("/etc/svcnet/alpha.toml"))
+        .unwrap_or_else(|e| panic!("docs/config.md example: {e}"));
+    assert_eq!(config.node_id(), id_of(1));
+    assert_eq!(config.listen.len(), 2);
+    assert_eq!(config.services.len(), 3);
+    assert_eq!(
+        config.peers[0].name.as_ref().map(|n| n.as_str()),
+        Some("beta")
+    );
+    assert!(config.proxy.socket.keepalive.is_some());
 }
