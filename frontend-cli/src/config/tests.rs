@@ -863,6 +863,29 @@ proptest! {
     }
 
     #[test]
+    fn random_scalars_in_every_table_never_panic(
+        key in prop::sample::select(vec![
+            "limits.idle_timeout", "limits.max_peers", "tun.mtu", "tun.name", "dns.zone",
+            "dns.listen", "proxy.socket.user_timeout", "proxy.socket.mark",
+            "proxy.socket.keepalive_idle", "transport.socket.bind_device", "control.socket",
+            "services.web.ports", "services.web.role", "services.web.target",
+        ]),
+        value in prop_oneof![
+            "[0-9]{1,30}[a-zµ ]{0,6}".prop_map(|s| format!("{s:?}")),
+            "\\PC{0,30}".prop_map(|s| format!("{s:?}")),
+            any::<i64>().prop_map(|n| n.to_string()),
+            "[0-9]{1,30}-[0-9]{1,30}".prop_map(|s| format!("[{s:?}]")),
+        ],
+    ) {
+        let (table, leaf) = key.rsplit_once('.').unwrap();
+        let target = if table == "services.web" && leaf != "target" { "target = \"/tcp/80\"\n" } else { "" };
+        let text = format!("{}[{table}]\n{target}{leaf} = {value}\n", base());
+        if let Err(err) = Config::from_toml(&text, Path::new("x.toml")) {
+            prop_assert!(err.to_string().contains(leaf) || err.kind == ConfigErrorKind::Syntax, "{}", err);
+        }
+    }
+
+    #[test]
     fn random_targets_never_panic(text in "(/[a-z0-9]{0,6}(/[\\PC]{0,10})?){0,4}") {
         let _ = parse_service_target(&text);
         let doc = format!("{}[services]\nweb = {text:?}\n", base());
