@@ -24,7 +24,9 @@ use super::{
     MetricsConfig, PeerAddr, PeerConfig, ProxyConfig, ServiceConfig, TransportConfig, TunConfig,
     DEFAULT_LISTEN, DEFAULT_MTU, DEFAULT_NETWORK, DEFAULT_TUN_NAME, MAX_DURATION, MIN_MTU,
 };
-use crate::sockopt::{check_ifname, Keepalive, SocketKind, SocketOptions};
+use crate::sockopt::{
+    check_ifname, Keepalive, SocketKind, SocketOptions, MAX_BUFFER, MAX_KEEPALIVE_COUNT, MIN_BUFFER,
+};
 
 type Value<'i> = Spanned<DeValue<'i>>;
 
@@ -962,11 +964,11 @@ fn read_socket(t: &Table<'_, '_>, kind: SocketKind) -> Result<SocketOptions, Con
         nodelay: t.bool("nodelay")?,
         user_timeout: t.duration("user_timeout")?,
         send_buffer: t
-            .int("send_buffer", 0, u64::MAX)?
-            .map(|n| n.min(usize::MAX as u64) as usize),
+            .int("send_buffer", MIN_BUFFER as u64, MAX_BUFFER as u64)?
+            .map(|n| n as usize),
         recv_buffer: t
-            .int("recv_buffer", 0, u64::MAX)?
-            .map(|n| n.min(usize::MAX as u64) as usize),
+            .int("recv_buffer", MIN_BUFFER as u64, MAX_BUFFER as u64)?
+            .map(|n| n as usize),
         reuseaddr: t.bool("reuseaddr")?,
         reuseport: t.bool("reuseport")?,
         mark: t.int("mark", 0, u64::from(u32::MAX))?.map(|n| n as u32),
@@ -976,7 +978,7 @@ fn read_socket(t: &Table<'_, '_>, kind: SocketKind) -> Result<SocketOptions, Con
     };
     let idle = t.duration("keepalive_idle")?;
     let interval = t.duration("keepalive_interval")?;
-    let count = t.int("keepalive_count", 0, u64::from(u32::MAX))?;
+    let count = t.int("keepalive_count", 1, u64::from(MAX_KEEPALIVE_COUNT))?;
     opts.keepalive = match (idle, interval, count) {
         (None, None, None) => None,
         (Some(idle), Some(interval), Some(count)) => Some(Keepalive {

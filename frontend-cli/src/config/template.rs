@@ -146,7 +146,7 @@ private_key = "{secret}"
 # name = "beta"
 # addrs = ["/ip4/192.0.2.10/udp/7700/quic-v1", "/dns/beta.example.com/udp/7700/quic-v1"]
 
-# The services this node offers: <service name> = <target multiaddr>. A client connecting to any
+# The services this node offers, each a name and a target multiaddr. A client connecting to any
 # port of <service>.{name}.svcnet reaches the target. /tcp/<port> means 127.0.0.1:<port>; a target
 # without /tcp passes the dialed port through.
 [services]
