@@ -25,15 +25,19 @@ ci:
     bash .ci/run
 
 # Every benchmark; figures are printed as key=value.
-bench: bench-mux
+bench: bench-mux bench-quic
 
 # The multiplexer against raw TCP and rust-yamux over loopback TCP (add --quick for a smoke run).
 bench-mux *ARGS:
     cargo run --release -p svcnet-bench --bin bench-mux -- {{ARGS}}
 
-# The main job on an embedded default: until the daemon lands, the multiplexer benchmark.
-demo:
-    cargo run --release -p svcnet-bench --bin bench-mux
+# One TCP connection through two svcnet nodes over QUIC vs direct loopback TCP (--quick: smoke run).
+bench-quic *ARGS:
+    cargo run --release -p svcnet-bench --bin bench-quic -- {{ARGS}}
+
+# The main job on an embedded default: a two-node network on 127.0.0.1 serving a real HTTP service.
+demo *ARGS:
+    cargo run --release -p svcnet -- demo {{ARGS}}
 
 # Fuzz every target for SECONDS each (nightly and cargo-fuzz: `cargo install cargo-fuzz`).
 fuzz SECONDS="60":

@@ -53,6 +53,7 @@ pub fn parse_target(text: &str, zone: &Zone) -> Result<ProxyTarget, String> {
             "`{text}` names a role; role targets need the service registry, which this build does not have yet — name a service as SERVICE.NODE"
         ));
     }
+    let name = name.strip_suffix('.').unwrap_or(name);
     let fqdn = if name.to_ascii_lowercase().ends_with(&format!(".{zone}")) {
         name.to_string()
     } else {
