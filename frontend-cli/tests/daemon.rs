@@ -547,3 +547,78 @@ fn daemon_restart_is_reconnected_within_five_seconds() {
     assert!(restarted.elapsed() < Duration::from_secs(5));
     let _ = std::fs::remove_dir_all(&net.dir);
 }
+
+/// A service that reads a little, then resets the connection (SO_LINGER 0).
+fn resetting_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            thread::spawn(move || {
+                let mut buf = [0u8; 5];
+                if stream.read_exact(&mut buf).is_ok() {
+                    let _ = stream.write_all(b"partial");
+                    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn resets_propagate_in_both_directions() {
+    let reset_port = resetting_server();
+    let echo_port = echo_server();
+    let net = two_nodes(
+        "reset",
+        &format!("rst = \"/tcp/{reset_port}\"\necho = \"/tcp/{echo_port}\""),
+    );
+    // The service resets: the client gets the bytes sent before, then a reset (not a clean EOF).
+    let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, free_tcp_port()));
+    let _proxy = proxy(&net.beta_config, "rst.alpha", listen);
+    let mut stream = TcpStream::connect(listen).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream.write_all(b"hello").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    let end = loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => break Err(e),
+        }
+    };
+    assert!(
+        matches!(&end, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "expected a reset after {got:?}, got {end:?}"
+    );
+
+    // The client resets: the served connection is counted as an error at alpha, promptly.
+    let echo_listen = SocketAddr::from((Ipv4Addr::LOCALHOST, free_tcp_port()));
+    let _echo_proxy = proxy(&net.beta_config, "echo.alpha", echo_listen);
+    let mut stream = TcpStream::connect(echo_listen).unwrap();
+    stream.write_all(b"abc").unwrap();
+    let mut three = [0u8; 3];
+    stream.read_exact(&mut three).unwrap();
+    socket2::SockRef::from(&stream)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(stream);
+    wait_until("alpha sees the reset", Duration::from_secs(5), || {
+        status_json(&net.alpha_config)
+            .and_then(|s| {
+                s["counters"].as_array().and_then(|c| {
+                    c.iter()
+                        .find(|c| c["direction"] == "served" && c["service"] == "echo")
+                        .map(|c| {
+                            c["errors_total"].as_u64() == Some(1)
+                                && c["connections_active"].as_u64() == Some(0)
+                        })
+                })
+            })
+            .unwrap_or(false)
+    });
+    let _ = std::fs::remove_dir_all(&net.dir);
+}
