@@ -145,6 +145,16 @@ fn transport_config(config: &Config) -> quinn::TransportConfig {
     t
 }
 
+/// The QUIC socket's options: the configured ones, with 4 MiB socket buffers unless configured
+/// (the kernel caps them at net.core.{r,w}mem_max) — the default 208 KiB drops bursts at
+/// gigabit rates.
+fn quic_socket_options(config: &Config) -> crate::sockopt::SocketOptions {
+    let mut opts = config.transport.socket.clone();
+    opts.recv_buffer.get_or_insert(4 << 20);
+    opts.send_buffer.get_or_insert(4 << 20);
+    opts
+}
+
 fn reset_key(config: &Config) -> Arc<ring::hmac::Key> {
     // Derived from the node key so that a restarted node can still send valid stateless resets
     // for connections its previous run held: peers then notice the restart at once instead of
@@ -182,7 +192,7 @@ impl Node {
         let mut endpoints = Vec::new();
         let runtime = quinn::default_runtime().ok_or("no async runtime for QUIC")?;
         for addr in &binds {
-            let socket = sockopt::bind_udp(*addr, &config.transport.socket).map_err(|e| {
+            let socket = sockopt::bind_udp(*addr, &quic_socket_options(&config)).map_err(|e| {
                 format!("cannot listen on {addr} (config key `listen`): {e}; is another svcnet daemon running, or the port taken?")
             })?;
             let endpoint = quinn::Endpoint::new(
@@ -213,7 +223,7 @@ impl Node {
                 } else {
                     "0.0.0.0:0".parse().expect("literal")
                 };
-                let socket = sockopt::bind_udp(addr, &config.transport.socket)
+                let socket = sockopt::bind_udp(addr, &quic_socket_options(&config))
                     .map_err(|e| format!("binding a QUIC client socket on {addr}: {e}"))?;
                 let endpoint = quinn::Endpoint::new(
                     quinn::EndpointConfig::new(reset_key(&config)),
