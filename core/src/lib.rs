@@ -12,6 +12,7 @@
 //! - [`addressing`]: blake3-derived network, node and service addresses; DNS names.
 //! - [`wire`]: every on-the-wire format, versioned and length-checked (`docs/protocol.md`).
 //! - [`mux`]: many byte streams over one reliable ordered byte pipe.
+//! - [`netstack`]: user-space TCP termination of TUN traffic (smoltcp), port-on-demand.
 //! - [`fuzzing`]: the bodies of the fuzz targets, shared with the corpus-replay tests.
 #![forbid(unsafe_code)]
 
@@ -19,5 +20,6 @@ pub mod addressing;
 pub mod fuzzing;
 pub mod identity;
 pub mod mux;
+pub mod netstack;
 pub mod time;
 pub mod wire;
