@@ -153,31 +153,40 @@ fn parse_tcp(bytes: &[u8], src: IpAddr, dst: IpAddr, ip_len: usize) -> Result<Se
     })
 }
 
-/// Builds an IP packet from `server` to `client` around a TCP header with these fields.
-fn tcp_packet(
-    server: SocketAddr,
-    client: SocketAddr,
-    control: TcpControl,
-    seq: u32,
-    ack: Option<u32>,
-) -> Option<Vec<u8>> {
+/// Fields of a TCP segment for [`build_segment`].
+#[derive(Debug, Clone, Copy)]
+pub struct SegmentSpec<'a> {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub control: TcpControl,
+    pub seq: u32,
+    pub ack: Option<u32>,
+    pub window: u16,
+    pub mss: Option<u16>,
+    pub payload: &'a [u8],
+}
+
+/// Builds a complete IPv4 or IPv6 packet carrying one TCP segment, checksums included (replies
+/// of the netstack itself; SYNs for tests, fuzz seeds and the benchmark's flood). `None` if the
+/// two addresses are of different families.
+pub fn build_segment(spec: &SegmentSpec<'_>) -> Option<Vec<u8>> {
     let repr = TcpRepr {
-        src_port: server.port(),
-        dst_port: client.port(),
-        control,
-        seq_number: TcpSeqNumber(seq as i32),
-        ack_number: ack.map(|a| TcpSeqNumber(a as i32)),
-        window_len: 0,
+        src_port: spec.src.port(),
+        dst_port: spec.dst.port(),
+        control: spec.control,
+        seq_number: TcpSeqNumber(spec.seq as i32),
+        ack_number: spec.ack.map(|a| TcpSeqNumber(a as i32)),
+        window_len: spec.window,
         window_scale: None,
-        max_seg_size: None,
+        max_seg_size: spec.mss,
         sack_permitted: false,
         sack_ranges: [None; 3],
         timestamp: None,
-        payload: &[],
+        payload: spec.payload,
     };
     let caps = ChecksumCapabilities::default();
     let tcp_len = repr.buffer_len();
-    match (server.ip(), client.ip()) {
+    match (spec.src.ip(), spec.dst.ip()) {
         (IpAddr::V4(src), IpAddr::V4(dst)) => {
             let ip = Ipv4Repr {
                 src_addr: src,
@@ -210,6 +219,39 @@ fn tcp_packet(
         }
         _ => None,
     }
+}
+
+/// A connection-opening SYN from `client` to `server` announcing `mss`.
+pub fn syn(client: SocketAddr, server: SocketAddr, seq: u32, mss: u16) -> Option<Vec<u8>> {
+    build_segment(&SegmentSpec {
+        src: client,
+        dst: server,
+        control: TcpControl::Syn,
+        seq,
+        ack: None,
+        window: 65_535,
+        mss: Some(mss),
+        payload: &[],
+    })
+}
+
+fn tcp_packet(
+    server: SocketAddr,
+    client: SocketAddr,
+    control: TcpControl,
+    seq: u32,
+    ack: Option<u32>,
+) -> Option<Vec<u8>> {
+    build_segment(&SegmentSpec {
+        src: server,
+        dst: client,
+        control,
+        seq,
+        ack,
+        window: 0,
+        mss: None,
+        payload: &[],
+    })
 }
 
 /// The RST a closed port sends in answer to `seg` (RFC 9293 §3.10.7.1): for a segment with an
