@@ -190,7 +190,7 @@ fn syn_reusing_a_tuple_in_time_wait_evicts_the_old_socket() {
             && h.netstack.tcp_state(conn) == Some(State::TimeWait))
     );
     h.advance(Duration::from_millis(50));
-    assert!(h.events.iter().any(|e| *e == Event::Closed { conn }));
+    assert!(h.events.contains(&Event::Closed { conn }));
     assert_eq!(h.netstack.stats().sockets, 1, "TIME-WAIT keeps its socket");
     h.clients[0].remove(sock);
     // Same 4-tuple, well within the 10 s TIME-WAIT.

@@ -695,6 +695,7 @@ impl Netstack {
             rx: None,
             tx: &mut self.output,
             mtu: self.cfg.mtu,
+            verify_rx: false,
         };
         let mut iface_cfg = IfaceConfig::new(HardwareAddress::Ip);
         iface_cfg.random_seed = mix(self.cfg.seed ^ mix(conn.0));
@@ -879,6 +880,7 @@ impl Netstack {
                 rx: None,
                 tx: &mut self.output,
                 mtu: self.cfg.mtu,
+                verify_rx: false,
             };
             open.iface
                 .poll_egress(smol_now(now), &mut dev, &mut open.sockets);
@@ -991,6 +993,7 @@ impl Netstack {
             rx: packet,
             tx: &mut self.output,
             mtu: self.cfg.mtu,
+            verify_rx: false,
         };
         let t = smol_now(now);
         open.iface.poll(t, &mut dev, &mut open.sockets);

@@ -158,6 +158,7 @@ impl ClientStack {
             rx: None,
             tx: &mut out,
             mtu,
+            verify_rx: true,
         };
         let mut cfg = IfaceConfig::new(HardwareAddress::Ip);
         cfg.random_seed = seed;
@@ -244,6 +245,7 @@ impl ClientStack {
                 rx: Some(&p),
                 tx: &mut self.out,
                 mtu: self.mtu,
+                verify_rx: true,
             };
             self.iface.poll(t, &mut dev, &mut self.sockets);
         }
@@ -251,6 +253,7 @@ impl ClientStack {
             rx: None,
             tx: &mut self.out,
             mtu: self.mtu,
+            verify_rx: true,
         };
         self.iface.poll(t, &mut dev, &mut self.sockets);
     }
