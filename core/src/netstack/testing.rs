@@ -303,6 +303,8 @@ pub struct Harness {
     echo: BTreeMap<ConnId, EchoState>,
     /// Bytes the echo owner took from the netstack, over all connections.
     pub echoed: u64,
+    /// Print every delivered packet's parsed header to stderr (debugging a failing seed).
+    pub trace: bool,
 }
 
 impl Harness {
@@ -330,6 +332,7 @@ impl Harness {
             owner: Owner::Manual,
             echo: BTreeMap::new(),
             echoed: 0,
+            trace: false,
         }
     }
 
@@ -337,9 +340,15 @@ impl Harness {
     pub fn step(&mut self) {
         let now = self.now;
         while let Some(p) = self.uplink.take_due(now) {
+            if self.trace {
+                eprintln!("{now:?} up   {:?}", super::packet::parse(&p));
+            }
             self.netstack.handle_packet(&p, now);
         }
         while let Some(p) = self.downlink.take_due(now) {
+            if self.trace {
+                eprintln!("{now:?} down {:?}", super::packet::parse(&p));
+            }
             if let Some(dst) = destination(&p) {
                 if let Some(c) = self.clients.iter_mut().find(|c| c.owns(dst)) {
                     c.deliver(p);
