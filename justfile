@@ -25,11 +25,15 @@ ci:
     bash .ci/run
 
 # Every benchmark; figures are printed as key=value.
-bench: bench-mux
+bench: bench-mux bench-netstack
 
 # The multiplexer against raw TCP and rust-yamux over loopback TCP (add --quick for a smoke run).
 bench-mux *ARGS:
     cargo run --release -p svcnet-bench --bin bench-mux -- {{ARGS}}
+
+# The netstack (user-space TCP on smoltcp) against an in-memory client stack (add --quick for a smoke run).
+bench-netstack *ARGS:
+    cargo run --release -p svcnet-bench --bin bench-netstack -- {{ARGS}}
 
 # The main job on an embedded default: until the daemon lands, the multiplexer benchmark.
 demo:

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use svcnet_core::netstack::testing::{Faults, Harness, Owner};
-use svcnet_core::netstack::{Config, ConnId, Event, Netstack, ResetCause};
+use svcnet_core::netstack::{Config, ConnId, Event, Netstack};
 
 #[allow(clippy::too_many_arguments)]
 fn run(
@@ -19,7 +19,7 @@ fn run(
     read_size: usize,
     write_size: usize,
     server_closes_first: bool,
-) -> Result<(), TestCaseError> {
+) -> Result<bool, TestCaseError> {
     let svc = if v6 {
         IpAddr::V6(Ipv6Addr::new(0xfd12, 0, 0, 1, 0, 0, 0, 9))
     } else {
@@ -89,38 +89,28 @@ fn run(
             .iter()
             .any(|e| matches!(e, Event::Closed { conn } | Event::Reset { conn, .. } if *conn == c))
     });
-    prop_assert!(
-        ok,
-        "not ended: client {}/{} server {}/{} stats {:?}",
-        c_got.len(),
-        down.len(),
-        s_got.len(),
-        up.len(),
-        h.netstack.stats()
-    );
-    // A graceful end is expected, with one known exception between two smoltcp stacks (see
-    // `regression_out_of_order_fin_then_rolled_back_ack`): the connection may end by timeout.
-    // The netstack must then still free everything, and what arrived must be intact.
+    // Whatever arrived is exactly what was sent: never a corrupted, duplicated or reordered byte.
+    prop_assert!(up.starts_with(&s_got) && down.starts_with(&c_got));
     let graceful = h.events.iter().any(|e| matches!(e, Event::Closed { .. }));
-    let timed_out = h.events.iter().any(|e| {
-        matches!(
-            e,
-            Event::Reset {
-                cause: ResetCause::TimedOut,
-                ..
-            }
-        )
-    });
-    prop_assert!(graceful || timed_out);
     if graceful {
-        prop_assert!(s_got == up);
-        prop_assert!(c_got == down);
-    } else {
-        // Whatever arrived is exactly what was sent, never a corrupted or reordered byte.
-        prop_assert!(up.starts_with(&s_got) && down.starts_with(&c_got));
+        prop_assert!(s_got == up, "server got {} of {}", s_got.len(), up.len());
+        prop_assert!(
+            c_got == down,
+            "client got {} of {}",
+            c_got.len(),
+            down.len()
+        );
+    }
+    if !ok {
+        // Still open after 5 minutes (see the regression tests above): the owner gives up.
+        if let Some(c) = conn {
+            let _ = h.netstack.reset(c, h.now);
+        }
     }
     prop_assert!(h.run_until(Duration::from_secs(30), |h| h.netstack.stats().sockets == 0));
-    Ok(())
+    prop_assert!(h.netstack.poll_timeout().is_none());
+    prop_assert_eq!(h.netstack.stats().connections, 0);
+    Ok(graceful)
 }
 
 /// Found by the property below, between two smoltcp stacks. A corrupted segment leaves a hole
@@ -147,36 +137,110 @@ fn regression_out_of_order_fin_then_rolled_back_ack() {
     let down: Vec<u8> = (0..21921)
         .map(|i| (i as u64).wrapping_mul(seed | 1) as u8)
         .collect();
-    run(seed, faults, true, up, down, 1, 1702, false).unwrap();
+    assert!(!run(seed, faults, true, up, down, 1, 1702, false).unwrap());
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+/// Found by the property below: the netstack closes first, the client's last ACK (for the
+/// netstack's FIN) is lost, and the netstack's retransmission backs off to 12 s, beyond the
+/// smoltcp client's fixed 10 s TIME-WAIT; the client then answers with a RST. Every byte had
+/// arrived. (Linux keeps TIME-WAIT for 60 s.) The netstack reports `Reset { Peer }` and frees
+/// the socket.
+#[test]
+fn regression_final_ack_lost_after_client_time_wait() {
+    let faults = Faults {
+        loss_ppm: 72863,
+        duplicate_ppm: 35164,
+        corrupt_ppm: 1,
+        reorder_ppm: 62772,
+        latency: Duration::from_millis(2),
+        jitter: Duration::from_millis(10),
+    };
+    let seed = 9850244922164143328u64;
+    let down: Vec<u8> = (0..33479)
+        .map(|i| (i as u64).wrapping_mul(seed | 1) as u8)
+        .collect();
+    assert!(!run(seed, faults, false, vec![], down, 1, 1, true).unwrap());
+}
 
-    #[test]
-    fn streams_survive_any_faulty_link(
-        seed in any::<u64>(),
-        loss in 0u32..100_000,
-        dup in 0u32..100_000,
-        corrupt in 0u32..50_000,
-        reorder in 0u32..200_000,
-        v6 in any::<bool>(),
-        up_len in 0usize..40_000,
-        down_len in 0usize..40_000,
-        read_size in 1usize..3000,
-        write_size in 1usize..6000,
-        server_closes_first in any::<bool>(),
-    ) {
-        let faults = Faults {
-            loss_ppm: loss,
-            duplicate_ppm: dup,
-            corrupt_ppm: corrupt,
-            reorder_ppm: reorder,
-            latency: Duration::from_millis(2),
-            jitter: Duration::from_millis(10),
-        };
-        let up: Vec<u8> = (0..up_len).map(|i| (i as u64 ^ seed) as u8).collect();
-        let down: Vec<u8> = (0..down_len).map(|i| (i as u64).wrapping_mul(seed | 1) as u8).collect();
-        run(seed, faults, v6, up, down, read_size, write_size, server_closes_first)?;
-    }
+/// Found by the property below: after losses around the close, the smoltcp *client* sits in
+/// FIN-WAIT-1 and never retransmits its FIN, while it keeps answering the netstack's keep-alives.
+/// For the netstack this is a live, idle connection (half-open from the client's side) and it
+/// must stay; the owner ends it with `reset`, which frees everything.
+#[test]
+fn regression_client_never_retransmits_its_fin() {
+    let faults = Faults {
+        loss_ppm: 60778,
+        duplicate_ppm: 77525,
+        corrupt_ppm: 25326,
+        reorder_ppm: 44570,
+        latency: Duration::from_millis(2),
+        jitter: Duration::from_millis(10),
+    };
+    let seed = 12553702229132939725u64;
+    let up: Vec<u8> = (0..27782).map(|i| (i as u64 ^ seed) as u8).collect();
+    let down: Vec<u8> = (0..21941)
+        .map(|i| (i as u64).wrapping_mul(seed | 1) as u8)
+        .collect();
+    assert!(!run(seed, faults, false, up, down, 1, 1595, false).unwrap());
+}
+
+/// Over 64 random cases: every case intact and leak-free, and at least 80 % of them close
+/// gracefully (the rest hit the smoltcp-client behaviours pinned above).
+#[test]
+fn streams_survive_any_faulty_link() {
+    use proptest::test_runner::{Config as RunnerConfig, TestRunner};
+    let strategy = (
+        any::<u64>(),
+        (0u32..100_000, 0u32..100_000, 0u32..50_000, 0u32..200_000),
+        any::<bool>(),
+        (0usize..40_000, 0usize..40_000),
+        (1usize..3000, 1usize..6000),
+        any::<bool>(),
+    );
+    let mut runner = TestRunner::new(RunnerConfig::with_cases(64));
+    let (cases, graceful) = (std::cell::Cell::new(0u32), std::cell::Cell::new(0u32));
+    runner
+        .run(
+            &strategy,
+            |(
+                seed,
+                (loss, dup, corrupt, reorder),
+                v6,
+                (up_len, down_len),
+                (read_size, write_size),
+                server_first,
+            )| {
+                let faults = Faults {
+                    loss_ppm: loss,
+                    duplicate_ppm: dup,
+                    corrupt_ppm: corrupt,
+                    reorder_ppm: reorder,
+                    latency: Duration::from_millis(2),
+                    jitter: Duration::from_millis(10),
+                };
+                let up: Vec<u8> = (0..up_len).map(|i| (i as u64 ^ seed) as u8).collect();
+                let down: Vec<u8> = (0..down_len)
+                    .map(|i| (i as u64).wrapping_mul(seed | 1) as u8)
+                    .collect();
+                let g = run(
+                    seed,
+                    faults,
+                    v6,
+                    up,
+                    down,
+                    read_size,
+                    write_size,
+                    server_first,
+                )?;
+                cases.set(cases.get() + 1);
+                graceful.set(graceful.get() + u32::from(g));
+                Ok(())
+            },
+        )
+        .unwrap();
+    let (cases, graceful) = (cases.get(), graceful.get());
+    assert!(
+        graceful * 10 >= cases * 8,
+        "only {graceful} of {cases} closed gracefully"
+    );
 }
