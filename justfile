@@ -25,7 +25,7 @@ ci:
     bash .ci/run
 
 # Every benchmark; figures are printed as key=value.
-bench: bench-mux bench-quic
+bench: bench-mux bench-quic bench-netstack
 
 # The multiplexer against raw TCP and rust-yamux over loopback TCP (add --quick for a smoke run).
 bench-mux *ARGS:
@@ -38,6 +38,10 @@ bench-quic *ARGS:
 # The main job on an embedded default: a two-node network on 127.0.0.1 serving a real HTTP service.
 demo *ARGS:
     cargo run --release -p svcnet -- demo {{ARGS}}
+
+# The netstack (user-space TCP on smoltcp) against an in-memory client stack (add --quick for a smoke run).
+bench-netstack *ARGS:
+    cargo run --release -p svcnet-bench --bin bench-netstack -- {{ARGS}}
 
 # Fuzz every target for SECONDS each (nightly and cargo-fuzz: `cargo install cargo-fuzz`).
 fuzz SECONDS="60":

@@ -15,6 +15,7 @@
 //! - [`mux`]: many byte streams over one reliable ordered byte pipe.
 //! - [`peering`]: which peers to dial when, with backoff; which connection carries new streams.
 //! - [`rng`]: the seeded generator behind every random choice.
+//! - [`netstack`]: user-space TCP termination of TUN traffic (smoltcp), port-on-demand.
 //! - [`fuzzing`]: the bodies of the fuzz targets, shared with the corpus-replay tests.
 #![forbid(unsafe_code)]
 
@@ -22,6 +23,7 @@ pub mod addressing;
 pub mod fuzzing;
 pub mod identity;
 pub mod mux;
+pub mod netstack;
 pub mod peering;
 pub mod rng;
 pub mod service;

@@ -579,7 +579,9 @@ fn resets_propagate_in_both_directions() {
     let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, free_tcp_port()));
     let _proxy = proxy(&net.beta_config, "rst.alpha", listen);
     let mut stream = TcpStream::connect(listen).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     stream.write_all(b"hello").unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 64];
