@@ -11,6 +11,7 @@
 //! - [`identity`]: ed25519 node identities and their text form.
 //! - [`addressing`]: blake3-derived network, node and service addresses; DNS names.
 //! - [`service`]: service targets (`/tcp/8080`, …), port allow-lists, where a dial goes.
+//! - [`dns`]: the DNS responder for the svcnet zone (hickory-proto wire format).
 //! - [`wire`]: every on-the-wire format, versioned and length-checked (`docs/protocol.md`).
 //! - [`mux`]: many byte streams over one reliable ordered byte pipe.
 //! - [`peering`]: which peers to dial when, with backoff; which connection carries new streams.
@@ -20,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod addressing;
+pub mod dns;
 pub mod fuzzing;
 pub mod identity;
 pub mod mux;
