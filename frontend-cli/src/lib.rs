@@ -10,6 +10,8 @@
 //! - [`proxy`]: `svcnet proxy`, a local port forwarded to a remote service.
 //! - [`control_socket`]: the daemon's unix control socket (`svcnet status`, `resolve`).
 //! - [`metrics`]: live counters and their Prometheus exposition.
+//! - [`tun_mode`]: TUN mode — served addresses and held SYNs become QUIC streams.
+//! - [`dns_server`]: the daemon's DNS server for the zone.
 //! - [`demo`]: `svcnet demo`, a two-node network on 127.0.0.1.
 //!
 //! Service targets (`/tcp/8080`, …) and port allow-lists are pure logic and live in the core
@@ -18,8 +20,10 @@
 pub mod config;
 pub mod control_socket;
 pub mod demo;
+pub mod dns_server;
 pub mod metrics;
 pub mod node;
 pub mod proxy;
 pub mod sockopt;
 pub mod tls;
+pub mod tun_mode;

@@ -243,12 +243,7 @@ async fn run(command: Command) -> Result<(), String> {
 }
 
 async fn daemon(config: Arc<Config>, userspace: bool) -> Result<(), String> {
-    if config.tun.enabled && !userspace {
-        return Err(
-            "TUN mode is not available in this build yet; run `svcnet daemon --userspace` (services and `svcnet proxy` work without a TUN), or set `[tun] enabled = false`"
-                .into(),
-        );
-    }
+    let tun = config.tun.enabled && !userspace;
     let control = control_socket::bind(&config.control.socket).await?;
     let metrics_listener = match config.metrics.listen {
         Some(addr) => Some(metrics::bind(addr).await.map_err(|e| {
@@ -257,6 +252,29 @@ async fn daemon(config: Arc<Config>, userspace: bool) -> Result<(), String> {
         None => None,
     };
     let node = Node::start(config.clone(), Mode::Daemon).await?;
+    if tun {
+        if let Err(e) = svcnet::tun_mode::start(&node) {
+            node.shutdown().await;
+            return Err(e);
+        }
+    }
+    let dns_listen = config.dns.listen.or_else(|| {
+        tun.then(|| {
+            let prefix = svcnet_core::addressing::NetworkPrefix::derive(&config.network);
+            SocketAddr::from((prefix.node_address(&node.id()), 53))
+        })
+    });
+    if let Some(addr) = dns_listen {
+        match svcnet::dns_server::bind(addr).await {
+            Ok(socket) => {
+                tokio::spawn(svcnet::dns_server::serve(socket, node.clone()));
+            }
+            Err(e) => {
+                node.shutdown().await;
+                return Err(e);
+            }
+        }
+    }
     tracing::info!(
         name = %config.name,
         id = %node.id(),

@@ -294,6 +294,11 @@ impl Node {
         &self.inner.metrics
     }
 
+    /// A receiver that changes whenever connections or announced services change.
+    pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
     /// Records where the Prometheus endpoint listens (shown by `status`).
     pub fn set_metrics_addr(&self, addr: SocketAddr) {
         let _ = self.inner.metrics_addr.set(addr);
@@ -348,6 +353,49 @@ impl Node {
     /// The node a label designates (this node or a peer).
     pub fn resolve_node(&self, label: &NodeLabel) -> Result<NodeId, String> {
         self.book().resolve(label).map_err(|e| e.to_string())
+    }
+
+    /// The address a svcnet DNS name stands for, if the name exists: this node and its
+    /// services, peers, and the services peers announced. A peer that is not connected has not
+    /// told us its services; its service names are answered anyway (the address is derived from
+    /// the name), so a client can start connecting while the connection comes up.
+    pub fn lookup_name(&self, name: &svcnet_core::addressing::Name) -> Option<std::net::Ipv6Addr> {
+        use svcnet_core::addressing::{Name, NetworkPrefix};
+        let prefix = NetworkPrefix::derive(&self.inner.config.network);
+        let book = self.book();
+        match name {
+            Name::Node { node } => book.resolve(node).ok().map(|id| prefix.node_address(&id)),
+            Name::Service { service, node } => {
+                let id = book.resolve(node).ok()?;
+                let exists = if id == self.inner.own_id {
+                    self.inner.config.services.contains_key(service)
+                } else {
+                    let status = book.status().into_iter().find(|s| s.id == id)?;
+                    status.connections == 0 || status.services.contains(service)
+                };
+                exists.then(|| prefix.service_address(&id, service))
+            }
+            Name::Role { .. } => None,
+        }
+    }
+
+    /// Every service address this node can reach now, with its node and service: its own
+    /// services and the services connected peers announced.
+    pub fn service_addresses(&self) -> BTreeMap<std::net::Ipv6Addr, (NodeId, ServiceName)> {
+        let prefix = svcnet_core::addressing::NetworkPrefix::derive(&self.inner.config.network);
+        let mut table = BTreeMap::new();
+        for service in self.inner.config.services.keys() {
+            table.insert(
+                prefix.service_address(&self.inner.own_id, service),
+                (self.inner.own_id, service.clone()),
+            );
+        }
+        for status in self.book().status() {
+            for service in status.services {
+                table.insert(prefix.service_address(&status.id, &service), (status.id, service));
+            }
+        }
+        table
     }
 
     /// Display name of a node.
@@ -590,9 +638,11 @@ impl Node {
                 Ok(ControlMessage::Hello { name, services }) => {
                     debug!(peer = %peer.short(), %name, services = services.len(), "hello");
                     self.book().handle_announcement(peer, Some(name), services);
+                    self.inner.changes.send_modify(|v| *v += 1);
                 }
                 Ok(ControlMessage::Services(services)) => {
                     self.book().handle_announcement(peer, None, services);
+                    self.inner.changes.send_modify(|v| *v += 1);
                 }
                 Ok(ControlMessage::Goodbye(reason)) => {
                     debug!(peer = %peer.short(), ?reason, "goodbye");
@@ -913,14 +963,37 @@ enum HalfEnd {
 /// FIN maps to finish and back; a reset on either side resets the other (TCP RST via SO_LINGER 0).
 pub async fn pump(
     tcp: TcpStream,
-    mut send: SendStream,
-    mut recv: RecvStream,
+    send: SendStream,
+    recv: RecvStream,
     counters: &ServiceCounters,
     direction: Direction,
 ) {
     let _ = tcp.set_nodelay(true);
-    let (mut tcp_read, mut tcp_write) = tcp.into_split();
-    // "up" carries bytes read from the local TCP socket; which counter that is depends on the side.
+    let (tcp_read, tcp_write) = tcp.into_split();
+    if let Some((tcp_read, tcp_write)) =
+        pump_streams(tcp_read, tcp_write, send, recv, counters, direction).await
+    {
+        if let Ok(tcp) = tcp_read.reunite(tcp_write) {
+            let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
+        }
+    }
+}
+
+/// The pump over any local byte stream halves. Returns the halves if the connection was reset, so
+/// the caller can reset its local side in its own way (a TCP RST, a netstack reset).
+pub async fn pump_streams<R, W>(
+    mut local_read: R,
+    mut local_write: W,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    counters: &ServiceCounters,
+    direction: Direction,
+) -> Option<(R, W)>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    // "up" carries bytes read from the local side; which counter that is depends on the side.
     let (up_counter, down_counter) = match direction {
         Direction::Served => (&counters.bytes_to_client, &counters.bytes_to_service),
         Direction::Proxied => (&counters.bytes_to_service, &counters.bytes_to_client),
@@ -932,7 +1005,7 @@ pub async fn pump(
                 if buf.capacity() < 16 * 1024 {
                     buf.reserve(64 * 1024);
                 }
-                match tcp_read.read_buf(&mut buf).await {
+                match local_read.read_buf(&mut buf).await {
                     Ok(0) => {
                         let _ = send.finish();
                         return HalfEnd::Finished;
@@ -953,12 +1026,12 @@ pub async fn pump(
                 match recv.read_chunk(256 * 1024, true).await {
                     Ok(Some(chunk)) => {
                         down_counter.fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
-                        if tcp_write.write_all(&chunk.bytes).await.is_err() {
+                        if local_write.write_all(&chunk.bytes).await.is_err() {
                             return HalfEnd::Reset;
                         }
                     }
                     Ok(None) => {
-                        let _ = tcp_write.shutdown().await;
+                        let _ = local_write.shutdown().await;
                         return HalfEnd::Finished;
                     }
                     Err(_) => return HalfEnd::Reset,
@@ -987,18 +1060,33 @@ pub async fn pump(
         counters.errors_total.fetch_add(1, Ordering::Relaxed);
         let _ = send.reset(VarInt::from_u32(stream_error::CONNECTION_RESET));
         let _ = recv.stop(VarInt::from_u32(stream_error::CONNECTION_RESET));
-        if let Ok(tcp) = tcp_read.reunite(tcp_write) {
-            let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
-        }
+        Some((local_read, local_write))
     } else {
         // Hold the connection slot until the peer has read everything (bounded: a peer that
         // never reads is cut off by the idle timeout of its connection anyway).
         let _ = tokio::time::timeout(Duration::from_secs(30), send.stopped()).await;
+        None
     }
 }
 
 /// Pumps an opened service stream to a local client connection.
 pub async fn pump_client(tcp: TcpStream, stream: ServiceStream) {
+    let _ = tcp.set_nodelay(true);
+    let (tcp_read, tcp_write) = tcp.into_split();
+    if let Some((tcp_read, tcp_write)) = pump_client_streams(tcp_read, tcp_write, stream).await {
+        if let Ok(tcp) = tcp_read.reunite(tcp_write) {
+            let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
+        }
+    }
+}
+
+/// Pumps an opened service stream to any local byte stream; returns its halves if the
+/// connection was reset (for the caller to reset the local side).
+pub async fn pump_client_streams<R, W>(read: R, write: W, stream: ServiceStream) -> Option<(R, W)>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
     let ServiceStream {
         send,
         recv,
@@ -1006,8 +1094,9 @@ pub async fn pump_client(tcp: TcpStream, stream: ServiceStream) {
         permit,
     } = stream;
     let _active = counters.open();
-    pump(tcp, send, recv, &counters, Direction::Proxied).await;
+    let result = pump_streams(read, write, send, recv, &counters, Direction::Proxied).await;
     drop(permit);
+    result
 }
 
 /// A peer book built from the config alone (no network): for resolving names without a daemon.

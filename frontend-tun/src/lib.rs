@@ -1,9 +1,15 @@
-//! TUN frontend for svcnet.
+//! TUN frontend for svcnet: binds the core's netstack to a real TUN device and the OS.
 //!
-//! This crate will bind the core's user-space netstack to a real TUN device (crate `tun`): it creates
-//! the interface, assigns the node's service addresses, installs a route for the network prefix and
-//! pumps packets between the kernel and `svcnet_core`. It holds no protocol logic of its own; see
-//! `docs/architecture.md`. Until the TUN issue lands it only re-exports the core so that the crate
-//! graph of the workspace is already in its final shape.
+//! - [`device`]: creates the interface (crate `tun`), assigns the node's addresses and routes the
+//!   network's prefix into it (iproute2); the kernel removes all of it when the device closes.
+//! - [`stack`]: one task drives the sans-IO [`svcnet_core::netstack::Netstack`] against the
+//!   device and hands out connection requests and accepted connections as tokio byte streams.
+//!
+//! Policy — which node and service an address means, whether to accept a connection — is the
+//! daemon's (`frontend-cli`); this crate only moves packets and bytes.
 
-pub use svcnet_core as core;
+pub mod device;
+pub mod stack;
+
+pub use device::{TunDevice, TunError};
+pub use stack::{PendingConnection, ResetHandle, TunStack, TunTcpStream};
