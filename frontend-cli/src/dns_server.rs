@@ -17,9 +17,9 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Binds the DNS socket (a clear error if the address is taken or not local).
 pub async fn bind(addr: SocketAddr) -> Result<UdpSocket, String> {
-    UdpSocket::bind(addr).await.map_err(|e| {
-        format!("cannot serve DNS on {addr} (config key `dns.listen`): {e}")
-    })
+    UdpSocket::bind(addr)
+        .await
+        .map_err(|e| format!("cannot serve DNS on {addr} (config key `dns.listen`): {e}"))
 }
 
 /// Answers queries until the task is dropped.
@@ -35,9 +35,12 @@ pub async fn serve(socket: UdpSocket, node: Node) {
         };
         let query = &buf[..n];
         let config = node.config().clone();
-        let outcome = answer(query, &config.dns.zone, config.dns.forward.is_some(), |name| {
-            node.lookup_name(name)
-        });
+        let outcome = answer(
+            query,
+            &config.dns.zone,
+            config.dns.forward.is_some(),
+            |name| node.lookup_name(name),
+        );
         match outcome {
             Outcome::Reply(bytes) => {
                 let _ = socket.send_to(&bytes, client).await;

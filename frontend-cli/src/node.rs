@@ -392,7 +392,10 @@ impl Node {
         }
         for status in self.book().status() {
             for service in status.services {
-                table.insert(prefix.service_address(&status.id, &service), (status.id, service));
+                table.insert(
+                    prefix.service_address(&status.id, &service),
+                    (status.id, service),
+                );
             }
         }
         table

@@ -111,7 +111,12 @@ async fn handle(node: Node, table: Table, pending: PendingConnection) {
         return;
     }
     match node
-        .open(target_node, TargetRef::Service(service.clone()), port, Some(client))
+        .open(
+            target_node,
+            TargetRef::Service(service.clone()),
+            port,
+            Some(client),
+        )
         .await
     {
         Ok(remote) => {

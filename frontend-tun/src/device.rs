@@ -75,10 +75,7 @@ impl TunDevice {
             mtu,
         };
         // IPv6 may be disabled per interface by sysctl; make sure it is on for ours.
-        let _ = std::fs::write(
-            format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"),
-            "0",
-        );
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "0");
         for address in addresses {
             ip(&[
                 "-6",
@@ -139,5 +136,8 @@ fn ip(args: &[&str]) -> Result<(), TunError> {
     if stderr.contains("Operation not permitted") {
         return Err(TunError::Permission(stderr));
     }
-    Err(TunError::Other(format!("`ip {}` failed: {stderr}", args.join(" "))))
+    Err(TunError::Other(format!(
+        "`ip {}` failed: {stderr}",
+        args.join(" ")
+    )))
 }

@@ -400,9 +400,9 @@ impl Driver {
                 Event::ConnectAbandoned { conn, reason } => {
                     debug!(%conn, ?reason, "held SYN abandoned");
                 }
-                Event::Established { conn } | Event::Readable { conn } | Event::Writable { conn } => {
-                    self.service(conn)
-                }
+                Event::Established { conn }
+                | Event::Readable { conn }
+                | Event::Writable { conn } => self.service(conn),
                 Event::Closed { conn } => {
                     if let Some(shared) = self.conns.remove(&conn) {
                         let mut state = shared.lock().expect("conn lock");
@@ -451,7 +451,9 @@ impl Driver {
                     woke_reader = true;
                 }
                 Ok(n) => {
-                    state.rx.push_back(Bytes::copy_from_slice(&self.scratch[..n]));
+                    state
+                        .rx
+                        .push_back(Bytes::copy_from_slice(&self.scratch[..n]));
                     state.rx_bytes += n;
                     woke_reader = true;
                 }
