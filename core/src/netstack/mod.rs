@@ -219,7 +219,7 @@ impl Default for Config {
 /// the 4-tuple and connection map entries and a timer entry.
 pub const CONN_OVERHEAD: usize = 4096;
 /// Bytes of bookkeeping per held SYN besides the packet itself.
-pub const HOLD_OVERHEAD: usize = 256;
+pub const HOLD_OVERHEAD: usize = 1024;
 
 impl Config {
     /// Checks the values; the error names the field and the reason.
@@ -1124,5 +1124,29 @@ fn dummy_segment() -> Segment {
         ack: None,
         payload_len: 0,
         ip_len: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::size_of;
+
+    /// [`CONN_OVERHEAD`] is an estimate the memory bound relies on: check it covers the heap a
+    /// connection holds besides its buffers (the boxed record with its interface, the socket in
+    /// its set, a map entry in each of the two maps with hash-table slack, a timer entry).
+    #[test]
+    fn conn_overhead_covers_the_per_connection_structures() {
+        let socket_slot = size_of::<tcp::Socket<'static>>() + 64;
+        let maps = 2 * (size_of::<(ConnId, Conn)>() + size_of::<(FourTuple, ConnId)>());
+        let timer = 2 * size_of::<(Instant, ConnId)>();
+        let per = size_of::<Open>() + socket_slot + maps + timer;
+        assert!(per <= CONN_OVERHEAD, "{per} > {CONN_OVERHEAD}");
+        // And holds: the record plus map entries, besides the SYN bytes counted separately.
+        let held = 2 * (size_of::<(ConnId, Conn)>() + size_of::<(FourTuple, ConnId)>())
+            + 2 * size_of::<(Instant, ConnId)>()
+            + size_of::<ConnId>();
+        assert!(held <= HOLD_OVERHEAD, "{held} > {HOLD_OVERHEAD}");
+        eprintln!("per connection {per} bytes, per hold {held} bytes");
     }
 }
