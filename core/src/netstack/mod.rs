@@ -505,16 +505,19 @@ impl Netstack {
                 return;
             }
         };
-        if !self.served.contains(&seg.server.ip()) {
-            self.stats.dropped_unserved += 1;
-            return;
-        }
         let packet = &packet[..seg.ip_len];
         let tuple = FourTuple {
             client: seg.client,
             server: seg.server,
         };
-        if let Some(&id) = self.by_tuple.get(&tuple) {
+        let known = self.by_tuple.get(&tuple).copied();
+        // Connections accepted while the address was served go on after it is removed; nothing
+        // else to an unserved address is ever answered.
+        if known.is_none() && !self.served.contains(&seg.server.ip()) {
+            self.stats.dropped_unserved += 1;
+            return;
+        }
+        if let Some(id) = known {
             let existing = match self.conns.get(&id).map(|c| &c.state) {
                 None => None,
                 Some(State::Held(_)) => Some(None),
@@ -551,7 +554,9 @@ impl Netstack {
                 }
             }
         }
-        if seg.is_syn() {
+        if !self.served.contains(&seg.server.ip()) {
+            self.stats.dropped_unserved += 1;
+        } else if seg.is_syn() {
             self.new_syn(seg, packet, now);
         } else if seg.control != TcpControl::Rst {
             // A closed port answers anything but a RST with a RST.
