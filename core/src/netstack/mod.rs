@@ -683,18 +683,13 @@ impl Netstack {
             return Err(Error::ConnectionLimit);
         }
         let c = self.conns.get_mut(&conn).expect("checked above");
-        let State::Held(held) = std::mem::replace(
-            &mut c.state,
-            State::Held(Held {
-                syn: Vec::new(),
-                seg: dummy_segment(),
-                deadline: now,
-            }),
-        ) else {
+        let State::Held(held) = &mut c.state else {
             unreachable!("checked above")
         };
+        // The state becomes `Open` below; only the SYN's bytes are needed from the hold.
+        let syn = std::mem::take(&mut held.syn);
         self.stats.held -= 1;
-        self.stats.held_bytes -= held.syn.len();
+        self.stats.held_bytes -= syn.len();
 
         let mut dev = QueueDevice {
             rx: None,
@@ -741,7 +736,7 @@ impl Netstack {
         }
         // The socket exists before its SYN is fed, on the same call: no window in which the SYN
         // could meet no socket and be answered with a RST.
-        self.poll_conn(conn, Some(&held.syn), false, now);
+        self.poll_conn(conn, Some(&syn), false, now);
         Ok(())
     }
 
@@ -1116,19 +1111,6 @@ impl Netstack {
             self.time_wait_order.retain(|i| conns.contains_key(i));
         }
         Some(c)
-    }
-}
-
-fn dummy_segment() -> Segment {
-    let unspecified = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
-    Segment {
-        client: unspecified,
-        server: unspecified,
-        control: TcpControl::None,
-        seq: 0,
-        ack: None,
-        payload_len: 0,
-        ip_len: 0,
     }
 }
 
