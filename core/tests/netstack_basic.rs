@@ -52,7 +52,6 @@ fn echo_over_ipv4_and_ipv6() {
             evs.iter().any(|e| matches!(e, Event::Closed { .. })),
             "{evs:?}"
         );
-        let _ = State::Closed;
     }
 }
 

@@ -219,7 +219,7 @@ impl Default for Config {
 /// the 4-tuple and connection map entries and a timer entry.
 pub const CONN_OVERHEAD: usize = 4096;
 /// Bytes of bookkeeping per held SYN besides the packet itself.
-pub const HOLD_OVERHEAD: usize = 256;
+pub const HOLD_OVERHEAD: usize = 1024;
 
 impl Config {
     /// Checks the values; the error names the field and the reason.
@@ -505,16 +505,19 @@ impl Netstack {
                 return;
             }
         };
-        if !self.served.contains(&seg.server.ip()) {
-            self.stats.dropped_unserved += 1;
-            return;
-        }
         let packet = &packet[..seg.ip_len];
         let tuple = FourTuple {
             client: seg.client,
             server: seg.server,
         };
-        if let Some(&id) = self.by_tuple.get(&tuple) {
+        let known = self.by_tuple.get(&tuple).copied();
+        // Connections accepted while the address was served go on after it is removed; nothing
+        // else to an unserved address is ever answered.
+        if known.is_none() && !self.served.contains(&seg.server.ip()) {
+            self.stats.dropped_unserved += 1;
+            return;
+        }
+        if let Some(id) = known {
             let existing = match self.conns.get(&id).map(|c| &c.state) {
                 None => None,
                 Some(State::Held(_)) => Some(None),
@@ -551,7 +554,9 @@ impl Netstack {
                 }
             }
         }
-        if seg.is_syn() {
+        if !self.served.contains(&seg.server.ip()) {
+            self.stats.dropped_unserved += 1;
+        } else if seg.is_syn() {
             self.new_syn(seg, packet, now);
         } else if seg.control != TcpControl::Rst {
             // A closed port answers anything but a RST with a RST.
@@ -678,18 +683,13 @@ impl Netstack {
             return Err(Error::ConnectionLimit);
         }
         let c = self.conns.get_mut(&conn).expect("checked above");
-        let State::Held(held) = std::mem::replace(
-            &mut c.state,
-            State::Held(Held {
-                syn: Vec::new(),
-                seg: dummy_segment(),
-                deadline: now,
-            }),
-        ) else {
+        let State::Held(held) = &mut c.state else {
             unreachable!("checked above")
         };
+        // The state becomes `Open` below; only the SYN's bytes are needed from the hold.
+        let syn = std::mem::take(&mut held.syn);
         self.stats.held -= 1;
-        self.stats.held_bytes -= held.syn.len();
+        self.stats.held_bytes -= syn.len();
 
         let mut dev = QueueDevice {
             rx: None,
@@ -736,7 +736,7 @@ impl Netstack {
         }
         // The socket exists before its SYN is fed, on the same call: no window in which the SYN
         // could meet no socket and be answered with a RST.
-        self.poll_conn(conn, Some(&held.syn), false, now);
+        self.poll_conn(conn, Some(&syn), false, now);
         Ok(())
     }
 
@@ -1114,15 +1114,26 @@ impl Netstack {
     }
 }
 
-fn dummy_segment() -> Segment {
-    let unspecified = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
-    Segment {
-        client: unspecified,
-        server: unspecified,
-        control: TcpControl::None,
-        seq: 0,
-        ack: None,
-        payload_len: 0,
-        ip_len: 0,
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::size_of;
+
+    /// [`CONN_OVERHEAD`] is an estimate the memory bound relies on: check it covers the heap a
+    /// connection holds besides its buffers (the boxed record with its interface, the socket in
+    /// its set, a map entry in each of the two maps with hash-table slack, a timer entry).
+    #[test]
+    fn conn_overhead_covers_the_per_connection_structures() {
+        let socket_slot = size_of::<tcp::Socket<'static>>() + 64;
+        let maps = 2 * (size_of::<(ConnId, Conn)>() + size_of::<(FourTuple, ConnId)>());
+        let timer = 2 * size_of::<(Instant, ConnId)>();
+        let per = size_of::<Open>() + socket_slot + maps + timer;
+        assert!(per <= CONN_OVERHEAD, "{per} > {CONN_OVERHEAD}");
+        // And holds: the record plus map entries, besides the SYN bytes counted separately.
+        let held = 2 * (size_of::<(ConnId, Conn)>() + size_of::<(FourTuple, ConnId)>())
+            + 2 * size_of::<(Instant, ConnId)>()
+            + size_of::<ConnId>();
+        assert!(held <= HOLD_OVERHEAD, "{held} > {HOLD_OVERHEAD}");
+        eprintln!("per connection {per} bytes, per hold {held} bytes");
     }
 }

@@ -62,6 +62,9 @@ pub struct PacketLink {
     pub packets: u64,
     /// When set, everything sent is lost (a vanished peer).
     pub cut: bool,
+    /// FNV-1a over every packet handed to the link, in order: a transcript digest for
+    /// determinism checks.
+    pub digest: u64,
 }
 
 impl PacketLink {
@@ -73,6 +76,7 @@ impl PacketLink {
             faults,
             packets: 0,
             cut: false,
+            digest: 0xcbf2_9ce4_8422_2325,
         }
     }
 
@@ -82,6 +86,9 @@ impl PacketLink {
 
     pub fn send(&mut self, now: Instant, mut packet: Vec<u8>) {
         self.packets += 1;
+        for b in &packet {
+            self.digest = (self.digest ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
         if self.cut || self.chance(self.faults.loss_ppm) {
             return;
         }
@@ -468,7 +475,13 @@ impl Harness {
             if next == self.now {
                 same_instant += 1;
                 if same_instant > 1000 {
-                    // A timer that keeps asking for "now" without progress: move on.
+                    // Something keeps asking for "now" without progress. The netstack must never
+                    // do that (its driver would spin); a client stack may, and is moved past.
+                    assert!(
+                        self.netstack.poll_timeout() != Some(self.now),
+                        "the netstack keeps asking to be polled at {:?} without progress",
+                        self.now
+                    );
                     self.now += Duration::from_micros(100);
                     same_instant = 0;
                 }
