@@ -25,7 +25,7 @@ ci:
     bash .ci/run
 
 # Every benchmark; figures are printed as key=value.
-bench: bench-mux bench-quic bench-netstack
+bench: bench-mux bench-quic bench-netstack bench-tun
 
 # The multiplexer against raw TCP and rust-yamux over loopback TCP (add --quick for a smoke run).
 bench-mux *ARGS:
@@ -34,6 +34,15 @@ bench-mux *ARGS:
 # One TCP connection through two svcnet nodes over QUIC vs direct loopback TCP (--quick: smoke run).
 bench-quic *ARGS:
     cargo run --release -p svcnet-bench --bin bench-quic -- {{ARGS}}
+
+# iperf3 through svcnet in TUN mode between two network namespaces vs direct (root; --quick: smoke).
+bench-tun *ARGS:
+    cargo run --release -p svcnet-e2e --bin bench-tun -- {{ARGS}}
+
+# The end-to-end tests alone (network namespaces, TUN: root).
+e2e:
+    cargo test -p svcnet-e2e
+    cargo test -p svcnet --test daemon
 
 # The main job on an embedded default: a two-node network on 127.0.0.1 serving a real HTTP service.
 demo *ARGS:

@@ -624,3 +624,46 @@ fn resets_propagate_in_both_directions() {
     });
     let _ = std::fs::remove_dir_all(&net.dir);
 }
+
+#[test]
+fn tun_mode_without_cap_net_admin_exits_with_a_hint() {
+    // Dropping privileges needs root; as a normal user the test itself is the unprivileged case.
+    let root = std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false);
+    let dir = tempdir("nocap");
+    let config = write_config(&dir, &ALPHA, 0, &[], "");
+    // TUN on (the default), and world-readable so an unprivileged user can load it.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[tun]\nenabled = false\n", "");
+    std::fs::write(&config, text).unwrap();
+    let mut perms = std::fs::metadata(&dir).unwrap().permissions();
+    // The unprivileged daemon creates its control socket next to the config.
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o777);
+    std::fs::set_permissions(&dir, perms).unwrap();
+    let mut perms = std::fs::metadata(&config).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
+    std::fs::set_permissions(&config, perms).unwrap();
+    let mut cmd = if root {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN]);
+        c
+    } else {
+        Command::new(BIN)
+    };
+    let out = cmd
+        .args(["daemon", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("CAP_NET_ADMIN") && stderr.contains("--userspace"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

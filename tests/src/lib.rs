@@ -79,7 +79,7 @@ pub fn require_tools(tools: &[&str]) {
             .unwrap_or(false);
         assert!(
             found,
-            "the end-to-end tests need `{tool}` (Debian: apt-get install iproute2 curl dnsutils iperf3 python3)"
+            "the end-to-end tests need `{tool}` (Debian: apt-get install iproute2 curl python3; bench-tun also iperf3)"
         );
     }
 }

@@ -43,7 +43,7 @@ pub const DEFAULT_LISTEN: &str = "/ip4/0.0.0.0/udp/7700/quic-v1";
 /// Default of `tun.name`.
 pub const DEFAULT_TUN_NAME: &str = "svcnet0";
 /// Default of `tun.mtu`.
-pub const DEFAULT_MTU: u16 = 1420;
+pub const DEFAULT_MTU: u16 = 65520;
 /// Smallest `tun.mtu`: the IPv6 minimum link MTU (RFC 8200).
 pub const MIN_MTU: u16 = 1280;
 /// Longest accepted duration anywhere in the config.
@@ -142,7 +142,8 @@ pub struct TunConfig {
     pub enabled: bool,
     /// `name` (default `svcnet0`): the interface name, at most 15 bytes.
     pub name: String,
-    /// `mtu` (default 1420): 1280 to 65535.
+    /// `mtu` (default 65520): 1280 to 65535. Only kernel↔netstack segments use it (no packet crosses
+    /// the network), so it can be as large as loopback's.
     pub mtu: u16,
 }
 

@@ -58,7 +58,7 @@ fn defaults() {
         TunConfig {
             enabled: true,
             name: "svcnet0".into(),
-            mtu: 1420
+            mtu: 65520
         }
     );
     assert_eq!(config.dns.listen, None);

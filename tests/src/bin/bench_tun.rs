@@ -115,7 +115,10 @@ fn main() {
     let quick = args.iter().any(|a| a == "--quick");
     let (rounds, seconds, pings) = if quick { (1, 2, 20) } else { (3, 5, 200) };
     if !std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")))
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+        })
         .unwrap_or(false)
     {
         eprintln!("bench-tun: needs root (network namespaces and TUN devices)");
@@ -136,10 +139,30 @@ fn main() {
         name: "beta".into(),
         seed: 2,
     };
-    lab.spawn(0, "iperf-svc", &["iperf3", "-s", "-B", "127.0.0.1", "-p", "5201"], None);
-    lab.spawn(0, "iperf-direct", &["iperf3", "-s", "-B", "198.18.0.1", "-p", "5202"], None);
-    lab.spawn(0, "echo-svc", &[me, "--echo-server", "127.0.0.1:7000"], None);
-    lab.spawn(0, "echo-direct", &[me, "--echo-server", "198.18.0.1:7001"], None);
+    lab.spawn(
+        0,
+        "iperf-svc",
+        &["iperf3", "-s", "-B", "127.0.0.1", "-p", "5201"],
+        None,
+    );
+    lab.spawn(
+        0,
+        "iperf-direct",
+        &["iperf3", "-s", "-B", "198.18.0.1", "-p", "5202"],
+        None,
+    );
+    lab.spawn(
+        0,
+        "echo-svc",
+        &[me, "--echo-server", "127.0.0.1:7000"],
+        None,
+    );
+    lab.spawn(
+        0,
+        "echo-direct",
+        &[me, "--echo-server", "198.18.0.1:7001"],
+        None,
+    );
     let alpha_cfg = lab.write_config(
         0,
         &alpha,
@@ -147,15 +170,29 @@ fn main() {
         "iperf = \"/tcp/5201\"\necho = \"/tcp/7000\"",
     );
     let beta_cfg = lab.write_config(1, &beta, &[(&alpha, 0)], "");
-    lab.spawn(0, "alpha", &[bin, "daemon", "--config", alpha_cfg.to_str().unwrap()], None);
-    lab.spawn(1, "beta", &[bin, "daemon", "--config", beta_cfg.to_str().unwrap()], None);
+    lab.spawn(
+        0,
+        "alpha",
+        &[bin, "daemon", "--config", alpha_cfg.to_str().unwrap()],
+        None,
+    );
+    lab.spawn(
+        1,
+        "beta",
+        &[bin, "daemon", "--config", beta_cfg.to_str().unwrap()],
+        None,
+    );
     let iperf_addr = alpha.service_address("iperf").to_string();
     let echo_target = format!("[{}]:7000", alpha.service_address("echo"));
-    Lab::wait_until("the echo service answers through svcnet", Duration::from_secs(15), || {
-        lab.exec(1, &[me, "--latency-client", &echo_target, "1"])
-            .status
-            .success()
-    });
+    Lab::wait_until(
+        "the echo service answers through svcnet",
+        Duration::from_secs(15),
+        || {
+            lab.exec(1, &[me, "--latency-client", &echo_target, "1"])
+                .status
+                .success()
+        },
+    );
 
     let mut results: Vec<(String, f64)> = Vec::new();
     for streams in [1u32, 4] {
@@ -165,7 +202,11 @@ fn main() {
             svcnet.push(iperf(&lab, &iperf_addr, 5201, streams, seconds));
         }
         let (d, s) = (median(&mut direct), median(&mut svcnet));
-        let name = if streams == 1 { "one_stream" } else { "four_streams" };
+        let name = if streams == 1 {
+            "one_stream"
+        } else {
+            "four_streams"
+        };
         results.push((format!("direct_{name}_gbps"), d));
         results.push((format!("tun_{name}_gbps"), s));
         results.push((format!("tun_{name}_ratio"), s / d));
@@ -175,7 +216,12 @@ fn main() {
         String::from_utf8_lossy(&out.stdout)
             .trim()
             .parse()
-            .unwrap_or_else(|_| panic!("latency to {target}: {}", String::from_utf8_lossy(&out.stderr)))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "latency to {target}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })
     };
     let direct_lat = latency("198.18.0.1:7001");
     let tun_lat = latency(&echo_target);
