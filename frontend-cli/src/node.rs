@@ -46,6 +46,8 @@ pub mod close_code {
     pub const SHUTDOWN: u32 = 0;
     /// A control-stream protocol error.
     pub const PROTOCOL: u32 = 1;
+    /// The node is at `[limits] max_peers`.
+    pub const OVER_LIMIT: u32 = 2;
 }
 
 /// How a node runs.
@@ -560,9 +562,24 @@ impl Node {
                     connection.close(VarInt::from_u32(close_code::PROTOCOL), b"not authorized");
                     return;
                 }
+                if !node.peer_slot_available(&peer) {
+                    warn!(peer = %peer.short(), "refused a peer connection: [limits] max_peers reached");
+                    connection.close(VarInt::from_u32(close_code::OVER_LIMIT), b"max_peers");
+                    return;
+                }
                 node.register(peer, connection, false).await;
             });
         }
+    }
+
+    /// Whether one more connection from `peer` fits `[limits] max_peers` (a peer that is already
+    /// connected always fits: a second connection of the same peer takes no new slot).
+    fn peer_slot_available(&self, peer: &NodeId) -> bool {
+        let conns = self.inner.conns.lock().expect("conns lock");
+        let mut peers: Vec<&NodeId> = conns.values().map(|(p, _)| p).collect();
+        peers.sort();
+        peers.dedup();
+        peers.contains(&peer) || peers.len() < self.inner.config.limits.max_peers
     }
 
     async fn register(&self, peer: NodeId, connection: quinn::Connection, dialed: bool) {

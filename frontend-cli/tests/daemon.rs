@@ -667,3 +667,54 @@ fn tun_mode_without_cap_net_admin_exits_with_a_hint() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn max_peers_is_enforced() {
+    let echo_port = echo_server();
+    let dir = tempdir("maxpeers");
+    let alpha_port = free_udp_port();
+    let alpha_config = write_config(
+        &dir,
+        &ALPHA,
+        alpha_port,
+        &[(&BETA, None), (&GAMMA, None)],
+        &format!("echo = \"/tcp/{echo_port}\""),
+    );
+    let mut text = std::fs::read_to_string(&alpha_config).unwrap();
+    text.push_str("\n[limits]\nmax_peers = 1\n");
+    std::fs::write(&alpha_config, text).unwrap();
+    let beta_config = write_config(&dir, &BETA, 0, &[(&ALPHA, Some(alpha_port))], "");
+    let gamma_config = write_config(&dir, &GAMMA, 0, &[(&ALPHA, Some(alpha_port))], "");
+    let _alpha = daemon(&alpha_config);
+    wait_until(
+        "alpha's control socket answers",
+        Duration::from_secs(10),
+        || status_json(&alpha_config).is_some(),
+    );
+    let beta_listen = SocketAddr::from((Ipv4Addr::LOCALHOST, free_tcp_port()));
+    let _beta = proxy(&beta_config, "echo.alpha", beta_listen);
+    assert_eq!(echo_roundtrip(beta_listen, b"first"), b"first");
+
+    // A second distinct peer does not fit: gamma's connections are closed at once.
+    let gamma_listen = SocketAddr::from((Ipv4Addr::LOCALHOST, free_tcp_port()));
+    let _gamma = proxy(&gamma_config, "echo.alpha", gamma_listen);
+    let mut stream = TcpStream::connect(gamma_listen).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let _ = stream.write_all(b"second");
+    let mut buf = [0u8; 16];
+    assert!(matches!(stream.read(&mut buf), Err(_) | Ok(0)));
+    let status = status_json(&alpha_config).unwrap();
+    let connected: Vec<_> = status["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["state"] == "connected")
+        .map(|p| p["name"].clone())
+        .collect();
+    assert_eq!(connected, vec![serde_json::json!("beta")]);
+    // beta still works.
+    assert_eq!(echo_roundtrip(beta_listen, b"again"), b"again");
+    let _ = std::fs::remove_dir_all(&dir);
+}
