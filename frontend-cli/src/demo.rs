@@ -67,17 +67,33 @@ async fn serve_http(listener: tokio::net::TcpListener) {
     }
 }
 
-/// A node config parsed by the real loader: `peers` is `[[peers]]` TOML, `services` the body of
-/// `[services]`; TUN off.
-pub fn node_config(
+/// The one peer of a loopback node: its name, id text, and QUIC port if this node dials it.
+pub struct LoopbackPeer<'a> {
+    /// The peer's name.
+    pub name: &'a str,
+    /// The peer's node id text.
+    pub id: &'a str,
+    /// The peer's QUIC port on 127.0.0.1 (`None`: wait to be dialed).
+    pub port: Option<u16>,
+}
+
+/// A config for a node on 127.0.0.1 (ephemeral QUIC port, TUN off) with one peer, parsed by the
+/// real loader. `services` is the body of `[services]`.
+pub fn loopback_node_config(
     name: &str,
     key: &str,
-    listen: &str,
-    peers: &str,
+    peer: &LoopbackPeer<'_>,
     services: &str,
 ) -> Result<Arc<Config>, String> {
+    let addrs = match peer.port {
+        Some(port) => format!("[\"/ip4/127.0.0.1/udp/{port}/quic-v1\"]"),
+        None => "[]".to_string(),
+    };
     let text = format!(
-        "name = \"{name}\"\nprivate_key = \"{key}\"\nlisten = [\"{listen}\"]\n\n{peers}\n[services]\n{services}\n\n[tun]\nenabled = false\n"
+        "name = \"{name}\"\nprivate_key = \"{key}\"\nlisten = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\n\n\
+         [[peers]]\nid = \"{}\"\nname = \"{}\"\naddrs = {addrs}\n\n\
+         [services]\n{services}\n\n[tun]\nenabled = false\n",
+        peer.id, peer.name
     );
     let path = Path::new("demo").join(format!("{name}.toml"));
     Config::from_toml(&text, &path)
@@ -115,11 +131,14 @@ pub async fn run(port: u16, check: bool) -> Result<(), String> {
     let (alpha_key, beta_key) = (fresh_key()?, fresh_key()?);
     let (alpha_id, beta_id) = (id_of(&alpha_key)?, id_of(&beta_key)?);
 
-    let alpha_config = node_config(
+    let alpha_config = loopback_node_config(
         "alpha",
         &alpha_key,
-        "/ip4/127.0.0.1/udp/0/quic-v1",
-        &format!("[[peers]]\nid = \"{beta_id}\"\nname = \"beta\"\naddrs = []\n"),
+        &LoopbackPeer {
+            name: "beta",
+            id: &beta_id,
+            port: None,
+        },
         &format!("web = \"/tcp/{http_port}\""),
     )?;
     let alpha = Node::start(alpha_config, Mode::Daemon).await?;
@@ -128,13 +147,14 @@ pub async fn run(port: u16, check: bool) -> Result<(), String> {
         .first()
         .map(|a| a.port())
         .ok_or("alpha has no QUIC endpoint")?;
-    let beta_config = node_config(
+    let beta_config = loopback_node_config(
         "beta",
         &beta_key,
-        "/ip4/127.0.0.1/udp/0/quic-v1",
-        &format!(
-            "[[peers]]\nid = \"{alpha_id}\"\nname = \"alpha\"\naddrs = [\"/ip4/127.0.0.1/udp/{alpha_port}/quic-v1\"]\n"
-        ),
+        &LoopbackPeer {
+            name: "alpha",
+            id: &alpha_id,
+            port: Some(alpha_port),
+        },
         "",
     )?;
     let beta = Node::start(beta_config.clone(), Mode::Daemon).await?;

@@ -295,6 +295,18 @@ impl Lab {
         path
     }
 
+    /// Starts `svcnet daemon --config <config>` in host `i`, as process `name`.
+    pub fn start_daemon(&mut self, i: usize, name: &str, config: &Path) {
+        let bin = svcnet_bin();
+        let args = [
+            bin.to_str().expect("utf-8 path"),
+            "daemon",
+            "--config",
+            config.to_str().expect("utf-8 path"),
+        ];
+        self.spawn(i, name, &args, None);
+    }
+
     /// Polls `cond` every 50 ms until it holds; panics with `what` after `limit`.
     pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duration {
         let start = Instant::now();

@@ -7,7 +7,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use svcnet_e2e::{lab_available, require_tools, svcnet_bin, Lab, NodeDef};
+use svcnet_e2e::{lab_available, require_tools, Lab, NodeDef};
 
 fn curl(lab: &Lab, host: usize, url: &str, timeout_s: u32) -> std::process::Output {
     lab.exec(
@@ -42,8 +42,6 @@ fn curl_by_name_between_namespaces() {
         return;
     }
     require_tools(&["ip", "curl", "python3"]);
-    let bin = svcnet_bin();
-    let bin = bin.to_str().unwrap();
     let mut lab = Lab::new("e2e", 3);
     let alpha = NodeDef {
         name: "alpha".into(),
@@ -86,20 +84,9 @@ fn curl_by_name_between_namespaces() {
     let alpha_cfg = lab.write_config(0, &alpha, &[(&beta, 1)], "web = \"/tcp/8080\"");
     let beta_cfg = lab.write_config(1, &beta, &[(&alpha, 0)], "");
     let gamma_cfg = lab.write_config(2, &gamma, &[(&alpha, 0)], "");
-    let alpha_cfg_s = alpha_cfg.to_str().unwrap().to_string();
-    lab.spawn(0, "alpha", &[bin, "daemon", "--config", &alpha_cfg_s], None);
-    lab.spawn(
-        1,
-        "beta",
-        &[bin, "daemon", "--config", beta_cfg.to_str().unwrap()],
-        None,
-    );
-    lab.spawn(
-        2,
-        "gamma",
-        &[bin, "daemon", "--config", gamma_cfg.to_str().unwrap()],
-        None,
-    );
+    lab.start_daemon(0, "alpha", &alpha_cfg);
+    lab.start_daemon(1, "beta", &beta_cfg);
+    lab.start_daemon(2, "gamma", &gamma_cfg);
     lab.set_resolver(1, IpAddr::V6(beta.node_address()));
     lab.set_resolver(2, IpAddr::V6(gamma.node_address()));
 
@@ -220,12 +207,7 @@ fn curl_by_name_between_namespaces() {
     });
     lab.kill("alpha");
     let restarted = Instant::now();
-    lab.spawn(
-        0,
-        "alpha2",
-        &[bin, "daemon", "--config", &alpha_cfg_s],
-        None,
-    );
+    lab.start_daemon(0, "alpha2", &alpha_cfg);
     Lab::wait_until(
         "web.alpha works after the restart",
         Duration::from_secs(5),

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
 
-use svcnet::demo::{fresh_key, id_of, node_config};
+use svcnet::demo::{fresh_key, id_of, loopback_node_config, LoopbackPeer};
 use svcnet::node::{Mode, Node};
 use svcnet::proxy;
 use svcnet_bench::{median, report};
@@ -136,11 +136,14 @@ fn main() {
     let (alpha_id, beta_id) = (id_of(&alpha_key).unwrap(), id_of(&beta_key).unwrap());
 
     let rt_alpha = runtime("alpha");
-    let alpha_config = node_config(
+    let alpha_config = loopback_node_config(
         "alpha",
         &alpha_key,
-        "/ip4/127.0.0.1/udp/0/quic-v1",
-        &format!("[[peers]]\nid = \"{beta_id}\"\nname = \"beta\"\naddrs = []\n"),
+        &LoopbackPeer {
+            name: "beta",
+            id: &beta_id,
+            port: None,
+        },
         &format!(
             "sink = \"/tcp/{}\"\necho = \"/tcp/{}\"",
             sink.port(),
@@ -154,13 +157,14 @@ fn main() {
     let alpha_port = alpha.local_addrs()[0].port();
 
     let rt_beta = runtime("beta");
-    let beta_config = node_config(
+    let beta_config = loopback_node_config(
         "beta",
         &beta_key,
-        "/ip4/127.0.0.1/udp/0/quic-v1",
-        &format!(
-            "[[peers]]\nid = \"{alpha_id}\"\nname = \"alpha\"\naddrs = [\"/ip4/127.0.0.1/udp/{alpha_port}/quic-v1\"]\n"
-        ),
+        &LoopbackPeer {
+            name: "alpha",
+            id: &alpha_id,
+            port: Some(alpha_port),
+        },
         "",
     )
     .expect("beta config");

@@ -13,17 +13,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use svcnet_e2e::{require_tools, svcnet_bin, Lab, NodeDef};
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let m = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[m]
-    } else {
-        (v[m - 1] + v[m]) / 2.0
-    }
-}
+use svcnet_bench::median;
+use svcnet_e2e::{require_tools, Lab, NodeDef};
 
 /// `--echo-server ADDR`: answers every byte, forever.
 fn echo_server(addr: &str) {
@@ -58,7 +49,7 @@ fn latency_client(target: &str, n: usize) {
         s.read_exact(&mut b).expect("echo");
         samples.push(start.elapsed().as_secs_f64() * 1e6);
     }
-    println!("{:.1}", median(&mut samples));
+    println!("{:.1}", median(&samples));
 }
 
 fn iperf(lab: &Lab, target: &str, port: u16, streams: u32, seconds: u32) -> f64 {
@@ -125,8 +116,6 @@ fn main() {
         std::process::exit(1);
     }
     require_tools(&["ip", "iperf3"]);
-    let bin = svcnet_bin();
-    let bin = bin.to_str().expect("utf-8 path");
     let me = std::env::current_exe().expect("current exe");
     let me = me.to_str().expect("utf-8 path");
 
@@ -170,18 +159,8 @@ fn main() {
         "iperf = \"/tcp/5201\"\necho = \"/tcp/7000\"",
     );
     let beta_cfg = lab.write_config(1, &beta, &[(&alpha, 0)], "");
-    lab.spawn(
-        0,
-        "alpha",
-        &[bin, "daemon", "--config", alpha_cfg.to_str().unwrap()],
-        None,
-    );
-    lab.spawn(
-        1,
-        "beta",
-        &[bin, "daemon", "--config", beta_cfg.to_str().unwrap()],
-        None,
-    );
+    lab.start_daemon(0, "alpha", &alpha_cfg);
+    lab.start_daemon(1, "beta", &beta_cfg);
     let iperf_addr = alpha.service_address("iperf").to_string();
     let echo_target = format!("[{}]:7000", alpha.service_address("echo"));
     Lab::wait_until(
@@ -201,7 +180,7 @@ fn main() {
             direct.push(iperf(&lab, "198.18.0.1", 5202, streams, seconds));
             svcnet.push(iperf(&lab, &iperf_addr, 5201, streams, seconds));
         }
-        let (d, s) = (median(&mut direct), median(&mut svcnet));
+        let (d, s) = (median(&direct), median(&svcnet));
         let name = if streams == 1 {
             "one_stream"
         } else {
