@@ -70,8 +70,10 @@ impl Balancer {
     }
 
     /// Chooses one of `candidates` (the healthy instances of a lookup, in key order) that is not
-    /// in `exclude`, preferring instances that are not suspect. `pool` names the (role, range)
-    /// for round-robin cursors. `None` only when every candidate is excluded.
+    /// in `exclude`, preferring instances that are neither suspect nor `avoid`ed (the registry
+    /// avoids instances whose node SWIM declared down). `pool` names the (role, range) for
+    /// round-robin cursors. `None` only when every candidate is excluded.
+    #[allow(clippy::too_many_arguments)]
     pub fn pick(
         &mut self,
         strategy: Strategy,
@@ -79,6 +81,7 @@ impl Balancer {
         candidates: &[Instance],
         client: Option<IpAddr>,
         exclude: &[InstanceKey],
+        avoid: &dyn Fn(&Instance) -> bool,
         now: Instant,
     ) -> Option<Instance> {
         let allowed: Vec<&Instance> = candidates
@@ -88,7 +91,7 @@ impl Balancer {
         let fresh: Vec<&Instance> = allowed
             .iter()
             .copied()
-            .filter(|i| !self.is_suspect(&i.key(), now))
+            .filter(|i| !self.is_suspect(&i.key(), now) && !avoid(i))
             .collect();
         let set = if fresh.is_empty() { allowed } else { fresh };
         if set.is_empty() {

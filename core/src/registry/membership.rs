@@ -278,8 +278,10 @@ impl rand_core::RngCore for SeededRng {
 pub struct RejectCounts {
     /// Signature did not verify, or the origin is not authorized.
     pub forged: u64,
-    /// Not newer than what is held (replays and duplicates).
+    /// Older than what is held (replays).
     pub replayed: u64,
+    /// Exactly what is held (normal with gossip: not an attack, counted for tuning).
+    pub duplicates: u64,
     /// Longer than the configured limit, or more instances than allowed.
     pub oversized: u64,
     /// Did not decode.
@@ -310,7 +312,7 @@ pub enum Checked {
     Fresh(Announcement),
     /// Refused (and counted).
     Refused(AnnounceError),
-    /// Not newer than what is held (counted as a replay).
+    /// Not newer than what is held (counted as a replay or a duplicate).
     Stale,
 }
 
@@ -320,9 +322,21 @@ impl GossipShared {
     pub fn check(&mut self, bytes: &[u8]) -> Checked {
         // Cheap checks first: a replay costs no signature verification.
         if let Some((origin, stamp)) = peek_stamp(bytes) {
-            if origin == self.own || self.seen.get(&origin).is_some_and(|s| *s >= stamp) {
-                self.rejected.replayed += 1;
+            // Our own announcements come back through gossip: never taken from others.
+            if origin == self.own {
+                self.rejected.duplicates += 1;
                 return Checked::Stale;
+            }
+            match self.seen.get(&origin) {
+                Some(held) if *held == stamp => {
+                    self.rejected.duplicates += 1;
+                    return Checked::Stale;
+                }
+                Some(held) if *held > stamp => {
+                    self.rejected.replayed += 1;
+                    return Checked::Stale;
+                }
+                _ => {}
             }
         }
         match Announcement::verify(bytes, self.limits) {

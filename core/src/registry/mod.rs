@@ -191,7 +191,7 @@ pub enum RegistryEvent {
     },
     /// SWIM sees `0` alive.
     MemberUp(NodeId),
-    /// SWIM declared `0` down: its instances are skipped until it is back or they expire.
+    /// SWIM declared `0` down: picks avoid its instances until it is back or they expire.
     MemberDown(NodeId),
 }
 
@@ -271,6 +271,17 @@ pub struct RegistryStats {
     pub accepted: u64,
     /// New origins refused because the replica was full.
     pub replica_full: u64,
+}
+
+/// What storing an announcement did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stored {
+    /// Not stored (stale, or the replica is full).
+    No,
+    /// Same instances, newer stamp: a heartbeat.
+    Renewal,
+    /// New origin or different instances.
+    Change,
 }
 
 #[derive(Clone, Debug)]
@@ -396,6 +407,11 @@ impl Registry {
             set.remove(id);
         }
         self.senders.remove(id);
+    }
+
+    /// Whether SWIM currently considers `id` down.
+    pub fn is_down(&self, id: &NodeId) -> bool {
+        self.replica.is_down(id)
     }
 
     /// Whether `id` may send registry messages.
@@ -615,6 +631,7 @@ impl Registry {
             message::Message::Delta(entries) => {
                 for (remaining_ms, announcement) in entries {
                     self.accept(
+                        from,
                         announcement,
                         Duration::from_millis(u64::from(remaining_ms)),
                         now,
@@ -633,14 +650,41 @@ impl Registry {
     }
 
     /// Verifies and stores one announcement received by anti-entropy.
-    fn accept(&mut self, bytes: &[u8], remaining: Duration, now: Instant) {
+    fn accept(&mut self, from: NodeId, bytes: &[u8], remaining: Duration, now: Instant) {
         let checked = lock(&self.shared).check(bytes);
         if let Checked::Fresh(a) = checked {
-            self.store(a, bytes.to_vec(), remaining, now);
+            let stored = self.store(a, bytes.to_vec(), remaining, now);
+            if stored != Stored::No {
+                // Keep gossiping it: a node that got it first by anti-entropy would otherwise
+                // see foca's copy as a duplicate and stop its dissemination there.
+                self.membership.add_broadcast(bytes);
+            }
+            if stored == Stored::Change {
+                self.push_change(bytes, remaining, Some(from));
+            }
         }
     }
 
-    fn store(&mut self, a: Announcement, bytes: Vec<u8>, remaining: Duration, now: Instant) {
+    /// Pushes a changed announcement (not a mere heartbeat) straight to every connected peer
+    /// but `except`: changes cross a sparse topology in one latency per hop instead of one
+    /// anti-entropy round per hop. Duplicates cost the receiver a map lookup, no signature check.
+    fn push_change(&mut self, bytes: &[u8], remaining: Duration, except: Option<NodeId>) {
+        for peer in self.connected.clone() {
+            if Some(peer) != except {
+                self.transmits
+                    .push_back((peer, message::encode_delta(&[(millis(remaining), bytes)])));
+            }
+        }
+    }
+
+    /// Stores a verified announcement.
+    fn store(
+        &mut self,
+        a: Announcement,
+        bytes: Vec<u8>,
+        remaining: Duration,
+        now: Instant,
+    ) -> Stored {
         let stamp = a.stamp;
         let origin = a.origin;
         let offer = self.replica.offer(a, bytes, remaining, now);
@@ -652,11 +696,17 @@ impl Registry {
             Offer::Full => self.stats.replica_full += 1,
             Offer::Stale => {}
         }
+        let stored = match offer {
+            Offer::Accepted { changed: true, .. } => Stored::Change,
+            Offer::Accepted { .. } => Stored::Renewal,
+            _ => Stored::No,
+        };
         self.report_offer(offer);
+        stored
     }
 
     fn report_offer(&mut self, offer: Offer) {
-        if let Offer::Accepted { added, removed } = offer {
+        if let Offer::Accepted { added, removed, .. } = offer {
             for key in removed {
                 self.balancer.forget(&key);
                 self.events.push_back(RegistryEvent::InstanceRemoved {
@@ -676,7 +726,9 @@ impl Registry {
             let mut progressed = !inbox.is_empty();
             for (a, bytes) in inbox {
                 let lease = Duration::from_millis(u64::from(a.lease_ms));
-                self.store(a, bytes, lease, now);
+                if self.store(a, bytes.clone(), lease, now) == Stored::Change {
+                    self.push_change(&bytes, lease, None);
+                }
             }
             while let Some((to, packet)) = self.membership.poll_send() {
                 progressed = true;
@@ -868,8 +920,8 @@ impl Registry {
     // Lookups and balancing
     // -----------------------------------------------------------------------------------------
 
-    /// Healthy, unexpired instances of `role` whose version matches `req`, from nodes not
-    /// declared down, ordered by (origin, service). Answered from the local replica.
+    /// Healthy, unexpired instances of `role` whose version matches `req`, ordered by (origin,
+    /// service). Answered from the local replica.
     pub fn lookup(&self, role: &RoleName, req: &semver::VersionReq) -> Vec<Instance> {
         self.replica.lookup(role, req)
     }
@@ -894,7 +946,8 @@ impl Registry {
 
     /// Chooses an instance of `role` in `req` for a new connection from `client`, skipping
     /// `exclude` (the instances already tried for this connection) and, unless nothing else is
-    /// left, instances that failed recently. `None` when no healthy instance remains.
+    /// left, instances that failed recently and instances on nodes SWIM declared down. `None`
+    /// when no healthy instance remains.
     pub fn pick_with(
         &mut self,
         strategy: Strategy,
@@ -906,8 +959,10 @@ impl Registry {
     ) -> Option<Instance> {
         let candidates = self.replica.lookup(role, req);
         let pool = format!("{role}@{req}");
+        let replica = &self.replica;
+        let down = |i: &Instance| replica.is_down(&i.origin);
         self.balancer
-            .pick(strategy, &pool, &candidates, client, exclude, now)
+            .pick(strategy, &pool, &candidates, client, exclude, &down, now)
     }
 
     /// A connection to `key` started (counts for least-outstanding and power of two).
@@ -943,12 +998,12 @@ impl Registry {
         }
     }
 
-    /// This node's current announcement stamp.
-    pub fn own_stamp(&self) -> Stamp {
-        Stamp {
+    /// This node's current announcement stamp (`None` before the first announcement).
+    pub fn own_stamp(&self) -> Option<Stamp> {
+        (self.version > 0).then_some(Stamp {
             incarnation: self.incarnation,
             version: self.version,
-        }
+        })
     }
 
     /// The stamp held for `origin`, if any (live or expired).

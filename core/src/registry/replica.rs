@@ -74,8 +74,9 @@ struct Entry {
     /// The signed bytes, re-served to peers during anti-entropy.
     bytes: Vec<u8>,
     expires_at: Instant,
-    /// Membership (SWIM) currently considers the origin down: its instances are skipped by
-    /// lookups until it is alive again or the lease runs out.
+    /// Membership (SWIM) currently considers the origin down: picks avoid its instances until
+    /// it is alive again or the lease runs out. (A soft signal: SWIM can be wrong about nodes
+    /// that are reachable only through others, and failover covers a wrong pick.)
     down: bool,
 }
 
@@ -103,6 +104,9 @@ pub enum Offer {
         added: Vec<InstanceKey>,
         /// Instance keys gone.
         removed: Vec<InstanceKey>,
+        /// Whether the instance list differs from the previous one in any field (or the origin
+        /// is new): `false` for a heartbeat that only renews the lease.
+        changed: bool,
     },
     /// Not newer than what is held (a replay or a duplicate).
     Stale,
@@ -143,12 +147,15 @@ impl Replica {
         now: Instant,
     ) -> Offer {
         let origin = announcement.origin;
-        let before: Vec<InstanceKey> = match self.slots.get(&origin) {
+        let (before, changed) = match self.slots.get(&origin) {
             Some(slot) if slot.stamp() >= announcement.stamp => return Offer::Stale,
-            Some(Slot::Live(e)) => keys(origin, &e.announcement.instances),
-            Some(Slot::Tombstone { .. }) => Vec::new(),
+            Some(Slot::Live(e)) => (
+                keys(origin, &e.announcement.instances),
+                e.announcement.instances != announcement.instances,
+            ),
+            Some(Slot::Tombstone { .. }) => (Vec::new(), true),
             None if self.slots.len() >= self.max_origins => return Offer::Full,
-            None => Vec::new(),
+            None => (Vec::new(), true),
         };
         let lease = Duration::from_millis(u64::from(announcement.lease_ms)).min(remaining);
         let after = keys(origin, &announcement.instances);
@@ -172,7 +179,11 @@ impl Replica {
                 down: false,
             }),
         );
-        Offer::Accepted { added, removed }
+        Offer::Accepted {
+            added,
+            removed,
+            changed,
+        }
     }
 
     /// The stamp held for `origin` (live or tombstone).
@@ -207,7 +218,7 @@ impl Replica {
         }
     }
 
-    /// Whether `origin`'s instances are currently skipped because membership lost it.
+    /// Whether membership currently considers `origin` down.
     pub fn is_down(&self, origin: &NodeId) -> bool {
         matches!(self.slots.get(origin), Some(Slot::Live(e)) if e.down)
     }
@@ -243,11 +254,11 @@ impl Replica {
             .min()
     }
 
-    /// Healthy instances of `role` whose version is in `req`, from origins that are neither
-    /// expired nor considered down, ordered by (origin, service).
+    /// Healthy instances of `role` whose version is in `req`, from origins whose lease has not
+    /// run out, ordered by (origin, service). (Origins SWIM declared down are still listed:
+    /// balancing avoids them, see [`Replica::is_down`].)
     pub fn lookup(&self, role: &RoleName, req: &semver::VersionReq) -> Vec<Instance> {
         self.live()
-            .filter(|e| !e.down)
             .flat_map(|e| {
                 e.announcement
                     .instances
