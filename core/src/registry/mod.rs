@@ -54,6 +54,10 @@ use crate::addressing::{RoleName, ServiceName};
 use crate::identity::{NodeId, NodeKey};
 use crate::time::Instant;
 
+/// The SWIM crate, re-exported so that the frontend can build a [`RegistryConfig::swim`]
+/// without depending on it separately.
+pub use foca;
+
 pub use announce::{AnnounceError, Announcement, InstanceSpec, Stamp};
 pub use balance::Strategy;
 pub use membership::RejectCounts;
