@@ -336,7 +336,7 @@ fn failed_instances_are_avoided_for_a_while_but_remain_a_last_resort() {
             &role("api"),
             &req("*"),
             None,
-            &[s2.clone()],
+            std::slice::from_ref(&s2),
             t
         )
         .is_some());
