@@ -113,6 +113,39 @@ pub struct RegistryConfig {
     pub swim: foca::Config,
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_config_is_valid_and_bad_ones_are_named() {
+        assert_eq!(RegistryConfig::default().validate(), Ok(()));
+        let bad = |c: RegistryConfig| c.validate().unwrap_err();
+        assert!(bad(RegistryConfig {
+            heartbeat_interval: Duration::from_secs(20),
+            ..RegistryConfig::default()
+        })
+        .contains("heartbeat_interval"));
+        assert!(bad(RegistryConfig {
+            max_announcement_bytes: 70_000,
+            ..RegistryConfig::default()
+        })
+        .contains("max_announcement_bytes"));
+        assert!(bad(RegistryConfig {
+            max_message_bytes: 1000,
+            ..RegistryConfig::default()
+        })
+        .contains("max_message_bytes"));
+        let mut swim = default_swim_config();
+        swim.max_packet_size = NonZeroUsize::new(1400).unwrap();
+        assert!(bad(RegistryConfig {
+            swim,
+            ..RegistryConfig::default()
+        })
+        .contains("max_packet_size"));
+    }
+}
+
 impl Default for RegistryConfig {
     fn default() -> RegistryConfig {
         RegistryConfig {
@@ -132,6 +165,57 @@ impl Default for RegistryConfig {
             seed: 0,
             swim: default_swim_config(),
         }
+    }
+}
+
+impl RegistryConfig {
+    /// Checks the settings against each other; the frontend reports the message with the
+    /// config key it came from. [`Registry::new`] does not call it (the core never refuses to
+    /// start), but a config that fails it will misbehave: leases lapsing between heartbeats,
+    /// announcements too large to be carried.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.lease.is_zero()
+            || self.lease > Duration::from_millis(u64::from(announce::MAX_LEASE_MS))
+        {
+            return Err(format!(
+                "lease must be between 1 ms and {} ms",
+                announce::MAX_LEASE_MS
+            ));
+        }
+        if self.heartbeat_interval.is_zero() || self.heartbeat_interval * 2 > self.lease {
+            return Err("heartbeat_interval must be non-zero and at most half the lease".into());
+        }
+        if self.health_check_interval.is_zero() || self.anti_entropy_interval.is_zero() {
+            return Err("health_check_interval and anti_entropy_interval must be non-zero".into());
+        }
+        if self.max_announcement_bytes < announce::MIN_ANNOUNCEMENT_LEN
+            || self.max_announcement_bytes > u16::MAX as usize
+        {
+            return Err(format!(
+                "max_announcement_bytes must be between {} and {}",
+                announce::MIN_ANNOUNCEMENT_LEN,
+                u16::MAX
+            ));
+        }
+        if self.max_instances_per_origin > u16::MAX as usize || self.max_origins == 0 {
+            return Err(
+                "max_instances_per_origin must fit 16 bits and max_origins be positive".into(),
+            );
+        }
+        let delta = message::DELTA_HEADER_LEN + message::DELTA_ENTRY_OVERHEAD;
+        if self.max_message_bytes < self.max_announcement_bytes + delta {
+            return Err(
+                "max_message_bytes must hold one announcement of max_announcement_bytes".into(),
+            );
+        }
+        // foca refuses broadcasts larger than its packet; leave room for its header.
+        if self.swim.max_packet_size.get() < self.max_announcement_bytes + 256 {
+            return Err("swim.max_packet_size must exceed max_announcement_bytes by 256".into());
+        }
+        if self.swim.probe_rtt >= self.swim.probe_period {
+            return Err("swim.probe_rtt must be shorter than swim.probe_period".into());
+        }
+        Ok(())
     }
 }
 
@@ -804,11 +888,16 @@ impl Registry {
             .map(|(o, _)| o)
             .collect();
         self.send_delta(peer, &newer_here, now);
+        let shared = lock(&self.shared);
+        let allowed = |o: &NodeId| shared.authorized.as_ref().is_none_or(|set| set.contains(o));
         let wanted: Vec<NodeId> = theirs_map
             .iter()
-            .filter(|(o, t)| **o != self.own && self.replica.stamp(o).is_none_or(|s| s < **t))
+            .filter(|(o, t)| {
+                **o != self.own && allowed(o) && self.replica.stamp(o).is_none_or(|s| s < **t)
+            })
             .map(|(o, _)| *o)
             .collect();
+        drop(shared);
         let per_message = (self.config.max_message_bytes.saturating_sub(3) / 32).max(1);
         for chunk in wanted.chunks(per_message) {
             self.transmits
