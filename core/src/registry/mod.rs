@@ -117,6 +117,13 @@ pub struct RegistryConfig {
 mod tests {
     use super::*;
 
+    /// The daemon moves the registry into its tasks.
+    #[test]
+    fn the_registry_is_send() {
+        fn send<T: Send>() {}
+        send::<Registry>();
+    }
+
     #[test]
     fn the_default_config_is_valid_and_bad_ones_are_named() {
         assert_eq!(RegistryConfig::default().validate(), Ok(()));
