@@ -286,3 +286,83 @@ fn the_same_seed_gives_the_same_trace() {
     assert_eq!(run(21), run(21));
     assert_ne!(run(21).0, run(22).0);
 }
+
+/// A node that connects long after everything was announced (SWIM broadcasts long spent) gets
+/// the full replica from the anti-entropy digest exchanged on connection.
+#[test]
+fn a_late_joiner_is_repaired_by_anti_entropy() {
+    let mut net = Net::new(4, RegistryConfig::default(), 23);
+    net.connect(0, 1);
+    net.connect(1, 2);
+    for i in 0..3 {
+        net.set_instances(i, vec![instance("couch", "couchdb@3.2.2")]);
+    }
+    net.run_for(Duration::from_secs(60));
+    assert!(net.nodes[3].instances().is_empty());
+    net.connect(3, 2);
+    let took = net
+        .run_until_true(Duration::from_secs(5), |n| {
+            couch_holders(n, 3) == vec![0, 1, 2]
+        })
+        .expect("late joiner not repaired");
+    assert!(took <= Duration::from_millis(200), "took {took:?}");
+}
+
+/// The lease a forwarder had left is carried along: a chain of forwarders cannot keep a dead
+/// node's instances alive for one lease per hop.
+#[test]
+fn forwarded_leases_do_not_stretch_along_a_chain() {
+    let config = RegistryConfig::default();
+    let lease = config.lease;
+    let mut net = Net::new(5, config, 29);
+    for i in 1..4 {
+        net.connect(i - 1, i);
+    }
+    net.set_instances(0, vec![instance("couch", "couchdb@3.2.2")]);
+    net.run_for(Duration::from_secs(2));
+    assert_eq!(couch_holders(&net, 3), vec![0]);
+    let crash_at = net.now;
+    net.crash(0);
+    // Node 4 joins two thirds into the lease and receives the announcement from node 3, with
+    // a third of the lease left.
+    net.run_until(crash_at + lease * 2 / 3);
+    net.connect(3, 4);
+    net.run_for(Duration::from_millis(100));
+    assert!(net.nodes[4]
+        .instances()
+        .iter()
+        .any(|i| i.origin == net.ids[0]));
+    net.run_until(crash_at + lease + Duration::from_secs(3));
+    for i in 1..5 {
+        assert!(
+            net.nodes[i].instances().is_empty(),
+            "node {i} still holds it"
+        );
+    }
+}
+
+#[test]
+fn events_report_health_checks_and_instance_changes() {
+    let mut net = Net::new(2, RegistryConfig::default(), 31);
+    net.full_mesh();
+    let mut couch = instance("couch", "couchdb@3.2.2");
+    couch.http_path = Some("/_up".into());
+    net.set_instances(0, vec![couch]);
+    net.run_for(Duration::from_secs(6));
+    let checks = net
+        .events
+        .iter()
+        .filter(|(_, i, e)| {
+            *i == 0
+                && matches!(e, RegistryEvent::HealthCheckDue { http_path: Some(p), .. } if p == "/_up")
+        })
+        .count();
+    // At once, then every 5 s.
+    assert_eq!(checks, 2);
+    assert!(net.events.iter().any(|(_, i, e)| *i == 1
+        && matches!(e, RegistryEvent::InstanceAdded(k) if k.origin == net.ids[0])));
+    assert!(net
+        .events
+        .iter()
+        .any(|(_, i, e)| *i == 1 && matches!(e, RegistryEvent::MemberUp(id) if *id == net.ids[0])));
+}
