@@ -15,6 +15,8 @@
 //! - [`wire`]: every on-the-wire format, versioned and length-checked (`docs/protocol.md`).
 //! - [`mux`]: many byte streams over one reliable ordered byte pipe.
 //! - [`peering`]: which peers to dial when, with backoff; which connection carries new streams.
+//! - [`registry`]: the replicated service registry: signed announcements, leases, health, SWIM
+//!   membership (foca), anti-entropy, semver lookups, load balancing and failover (`docs/registry.md`).
 //! - [`rng`]: the seeded generator behind every random choice.
 //! - [`netstack`]: user-space TCP termination of TUN traffic (smoltcp), port-on-demand.
 //! - [`fuzzing`]: the bodies of the fuzz targets, shared with the corpus-replay tests.
@@ -27,6 +29,7 @@ pub mod identity;
 pub mod mux;
 pub mod netstack;
 pub mod peering;
+pub mod registry;
 pub mod rng;
 pub mod service;
 pub mod time;

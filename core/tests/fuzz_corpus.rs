@@ -62,3 +62,78 @@ fn netstack_ingress_seeds_reach_established_and_refused() {
         }
     }
 }
+
+#[test]
+fn registry_merge_corpus() {
+    replay("registry_merge", svcnet_core::fuzzing::registry_merge);
+}
+
+/// Writes the seed corpus of `registry_merge` (run with `--ignored` after a format change):
+/// a delta with a genuine announcement then a replay of an older one, a digest and a request,
+/// and a forged announcement.
+#[test]
+#[ignore]
+fn regenerate_registry_merge_corpus() {
+    use svcnet_core::addressing::{RoleName, ServiceName};
+    use svcnet_core::fuzzing::{FUZZ_OWN_SEED, FUZZ_PEER_SEED};
+    use svcnet_core::identity::NodeKey;
+    use svcnet_core::registry::message::{encode_delta, encode_digest, encode_request};
+    use svcnet_core::registry::{Announcement, InstanceSpec, Stamp};
+
+    let peer = NodeKey::from_seed(FUZZ_PEER_SEED);
+    let own = NodeKey::from_seed(FUZZ_OWN_SEED);
+    let ann = |version, healthy| Announcement {
+        origin: peer.node_id(),
+        stamp: Stamp {
+            incarnation: 1,
+            version,
+        },
+        lease_ms: 30_000,
+        instances: vec![InstanceSpec {
+            service: ServiceName::parse("couch").unwrap(),
+            role: RoleName::parse("couchdb").unwrap(),
+            version: semver::Version::parse("3.2.2").unwrap(),
+            healthy,
+            port: Some(5984),
+        }],
+    };
+    let framed = |messages: &[Vec<u8>]| {
+        let mut out = Vec::new();
+        for m in messages {
+            out.extend_from_slice(&(m.len() as u16).to_be_bytes());
+            out.extend_from_slice(m);
+        }
+        out
+    };
+    let v2 = ann(2, true).sign(&peer);
+    let v1 = ann(1, false).sign(&peer);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/registry_merge");
+    std::fs::create_dir_all(&dir).unwrap();
+    let files = [
+        (
+            "delta-then-replay",
+            framed(&[
+                encode_delta(&[(30_000, &v2)]),
+                encode_delta(&[(30_000, &v1)]),
+            ]),
+        ),
+        (
+            "digest-and-request",
+            framed(&[
+                encode_digest(
+                    &[0; 32],
+                    &[0xff; 32],
+                    &[(peer.node_id(), ann(9, true).stamp)],
+                ),
+                encode_request(&[own.node_id(), peer.node_id()]),
+            ]),
+        ),
+        (
+            "forged",
+            framed(&[encode_delta(&[(30_000, &ann(3, true).sign(&own))])]),
+        ),
+    ];
+    for (name, bytes) in files {
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+}
