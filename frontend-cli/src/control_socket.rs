@@ -1,8 +1,10 @@
 //! The daemon's control socket: a unix socket (mode 0600) answering one JSON request per line.
 //!
-//! Requests: `{"cmd":"status"}` and `{"cmd":"resolve","name":"web.alpha"}`. Answers are one JSON
-//! object per line, with an `"error"` key on failure. `svcnet status` and `svcnet resolve` are
-//! its clients; the format is documented in `docs/operations.md`.
+//! Requests: `{"cmd":"status"}`, `{"cmd":"services"}`, `{"cmd":"resolve","name":"web.alpha"}` and
+//! `{"cmd":"proxy","target":…,"listen":…}` (a forwarded port that lives as long as the requesting
+//! connection). Answers are one JSON object per line, with an `"error"` key on failure.
+//! `svcnet status`, `services`, `resolve` and `proxy` are its clients; the format is documented
+//! in `docs/operations.md`.
 
 use std::net::Ipv6Addr;
 use std::os::unix::fs::PermissionsExt;
@@ -10,7 +12,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use svcnet_core::addressing::{parse_name, Name, NetworkPrefix, ServiceName};
+use svcnet_core::addressing::{
+    parse_name, Name, NetworkPrefix, RoleName, ServiceName, VersionLabel,
+};
 use svcnet_core::identity::NodeId;
 use svcnet_core::peering::PeerBook;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -57,20 +61,63 @@ pub async fn serve(listener: UnixListener, node: Node) {
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut lines = BufReader::new(read.take(MAX_REQUEST as u64 * 16)).lines();
+            // Proxies started by this client live as long as its connection.
+            let mut proxies: Vec<tokio::task::JoinHandle<()>> = Vec::new();
             while let Ok(Some(line)) = lines.next_line().await {
                 let answer = if line.len() > MAX_REQUEST {
                     json!({"error": "request too long"})
                 } else {
-                    answer(&node, &line)
+                    match start_proxy(&node, &line) {
+                        Some(Ok((answer, task))) => {
+                            proxies.push(task);
+                            answer
+                        }
+                        Some(Err(e)) => json!({"error": e}),
+                        None => answer(&node, &line),
+                    }
                 };
                 let mut text = answer.to_string();
                 text.push('\n');
                 if write.write_all(text.as_bytes()).await.is_err() {
-                    return;
+                    break;
                 }
+            }
+            for task in proxies {
+                task.abort();
             }
         });
     }
+}
+
+/// `{"cmd":"proxy","target":"web.alpha","listen":"127.0.0.1:8080"}`: the daemon forwards a local
+/// port for as long as the requesting connection stays open (`svcnet proxy` with a running
+/// daemon). `None` if the line is not a proxy request.
+fn start_proxy(
+    node: &Node,
+    line: &str,
+) -> Option<Result<(Value, tokio::task::JoinHandle<()>), String>> {
+    let request: Value = serde_json::from_str(line).ok()?;
+    if request.get("cmd").and_then(Value::as_str) != Some("proxy") {
+        return None;
+    }
+    Some((|| {
+        let target = request
+            .get("target")
+            .and_then(Value::as_str)
+            .ok_or("proxy needs \"target\"")?;
+        let listen: std::net::SocketAddr = request
+            .get("listen")
+            .and_then(Value::as_str)
+            .ok_or("proxy needs \"listen\"")?
+            .parse()
+            .map_err(|e| format!("bad listen address: {e}"))?;
+        let target = crate::proxy::parse_target(target, &node.config().dns.zone)?;
+        let listener = crate::proxy::bind(node, listen)?;
+        let bound = listener.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!(%target, listen = %bound, "proxy started for a control client");
+        let task = tokio::spawn(crate::proxy::run(node.clone(), target, listener));
+        Ok((json!({"listen": bound.to_string()}), task))
+    })())
 }
 
 fn answer(node: &Node, line: &str) -> Value {
@@ -82,12 +129,17 @@ fn answer(node: &Node, line: &str) -> Value {
     match request.get("cmd").and_then(Value::as_str) {
         Some("status") => status(node),
         Some("resolve") => match request.get("name").and_then(Value::as_str) {
-            Some(name) => match node.with_book(|book| resolve(node.config(), book, name)) {
-                Ok(v) => v,
-                Err(e) => json!({"error": e}),
-            },
+            Some(name) => {
+                let roles =
+                    |role: &RoleName, label: Option<VersionLabel>| node.lookup_role(role, label);
+                match node.with_book(|book| resolve(node.config(), book, name, roles)) {
+                    Ok(v) => v,
+                    Err(e) => json!({"error": e}),
+                }
+            }
             None => json!({"error": "resolve needs \"name\""}),
         },
+        Some("services") => node.services_json(),
         Some(other) => json!({"error": format!("unknown command `{other}`")}),
         None => json!({"error": "missing \"cmd\""}),
     }
@@ -159,8 +211,14 @@ pub fn status(node: &Node) -> Value {
     })
 }
 
-/// Resolves a svcnet name to its address with what `book` knows (config names, announced names).
-pub fn resolve(config: &Config, book: &PeerBook, name: &str) -> Result<Value, String> {
+/// Resolves a svcnet name to its address with what `book` knows (config names, announced names)
+/// and, for role names, what `roles` finds (the address if the role has an instance in range).
+pub fn resolve(
+    config: &Config,
+    book: &PeerBook,
+    name: &str,
+    roles: impl Fn(&RoleName, Option<VersionLabel>) -> Option<Ipv6Addr>,
+) -> Result<Value, String> {
     let zone = &config.dns.zone;
     let fqdn = if name
         .trim_end_matches('.')
@@ -173,26 +231,30 @@ pub fn resolve(config: &Config, book: &PeerBook, name: &str) -> Result<Value, St
     };
     let parsed = parse_name(zone, &fqdn).map_err(|e| format!("{fqdn}: {e}"))?;
     let prefix = NetworkPrefix::derive(&config.network);
-    let (address, node): (Ipv6Addr, NodeId) = match &parsed {
+    let (address, node): (Ipv6Addr, Option<NodeId>) = match &parsed {
         Name::Node { node } => {
             let id = book.resolve(node).map_err(|e| e.to_string())?;
-            (prefix.node_address(&id), id)
+            (prefix.node_address(&id), Some(id))
         }
         Name::Service { service, node } => {
             let id = book.resolve(node).map_err(|e| e.to_string())?;
             check_service(config, book, &id, service)?;
-            (prefix.service_address(&id, service), id)
+            (prefix.service_address(&id, service), Some(id))
         }
-        Name::Role { .. } => {
-            return Err(format!(
-                "{fqdn} is a role name; role addresses need the service registry, which this build does not have yet"
-            ))
+        Name::Role {
+            role,
+            version_label,
+        } => {
+            let address = roles(role, *version_label).ok_or_else(|| {
+                format!("{fqdn}: no instance of role `{role}` in this version range is known (see `svcnet services`)")
+            })?;
+            (address, None)
         }
     };
     Ok(json!({
         "name": parsed.to_fqdn(zone),
         "address": address.to_string(),
-        "node": node.to_text(),
+        "node": node.map(|n| n.to_text()),
     }))
 }
 
@@ -229,6 +291,24 @@ fn check_service(
 
 /// Sends one request to the daemon behind `path` and returns its answer.
 pub async fn request(path: &Path, request: &Value) -> Result<Value, String> {
+    held_request(path, request).await.map(|(value, _)| value)
+}
+
+/// A control connection kept open after its request (a daemon-run proxy lives as long as it).
+pub struct HeldConnection {
+    _write: tokio::net::unix::OwnedWriteHalf,
+    lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+}
+
+impl HeldConnection {
+    /// Completes when the daemon closes the connection (it stopped).
+    pub async fn closed(&mut self) {
+        while let Ok(Some(_)) = self.lines.next_line().await {}
+    }
+}
+
+/// Sends one request and returns the answer with the still-open connection.
+pub async fn held_request(path: &Path, request: &Value) -> Result<(Value, HeldConnection), String> {
     let stream = tokio::time::timeout(Duration::from_secs(2), UnixStream::connect(path))
         .await
         .map_err(|_| format!("connecting to {} timed out", path.display()))?
@@ -255,5 +335,11 @@ pub async fn request(path: &Path, request: &Value) -> Result<Value, String> {
     if let Some(error) = value.get("error").and_then(Value::as_str) {
         return Err(error.to_string());
     }
-    Ok(value)
+    Ok((
+        value,
+        HeldConnection {
+            _write: write,
+            lines,
+        },
+    ))
 }

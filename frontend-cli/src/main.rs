@@ -78,7 +78,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print the address of a svcnet name (node, service.node).
+    /// Show the registry's replica: role instances on every node, with health and lease.
+    Services {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the address of a svcnet name (node, service.node, [vLABEL.]role.role).
     Resolve {
         /// The name, e.g. web.alpha or web.alpha.svcnet.
         name: String,
@@ -203,6 +211,21 @@ async fn run(command: Command) -> Result<(), String> {
             }
             Ok(())
         }
+        Command::Services { config, json } => {
+            let config = load(&config.config)?;
+            let answer =
+                control_socket::request(&config.control.socket, &json!({"cmd": "services"}))
+                    .await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&answer).map_err(|e| e.to_string())?
+                );
+            } else {
+                print_services(&answer);
+            }
+            Ok(())
+        }
         Command::Resolve { name, config } => {
             let config = load(&config.config)?;
             let request = json!({"cmd": "resolve", "name": name});
@@ -210,8 +233,13 @@ async fn run(command: Command) -> Result<(), String> {
                 Ok(answer) => answer,
                 // Without a daemon, names from the config still resolve.
                 Err(e) if e.starts_with("cannot reach the daemon") => {
+                    // Role addresses are derived from the name; without the daemon's replica
+                    // nothing says whether an instance exists, so the address is given as is.
                     let book = svcnet::node::offline_book(&config);
-                    control_socket::resolve(&config, &book, &name)?
+                    let prefix = svcnet_core::addressing::NetworkPrefix::derive(&config.network);
+                    control_socket::resolve(&config, &book, &name, |role, label| {
+                        Some(prefix.role_address(role, label))
+                    })?
                 }
                 Err(e) => return Err(e),
             };
@@ -224,15 +252,34 @@ async fn run(command: Command) -> Result<(), String> {
             config,
         } => {
             let config = load(&config.config)?;
-            let target = proxy::parse_target(&target, &config.dns.zone)?;
+            let parsed = proxy::parse_target(&target, &config.dns.zone)?;
+            // With the daemon of this config running, it runs the forwarder (one node per
+            // identity, and its registry replica serves role targets); otherwise this process
+            // runs a client-only node of its own.
+            let request = json!({"cmd": "proxy", "target": target, "listen": listen.to_string()});
+            match control_socket::held_request(&config.control.socket, &request).await {
+                Ok((answer, mut held)) => {
+                    eprintln!(
+                        "svcnet: the daemon forwards {} to {parsed}; Ctrl-C to stop",
+                        answer["listen"].as_str().unwrap_or("?")
+                    );
+                    tokio::select! {
+                        _ = held.closed() => return Err("the daemon stopped".into()),
+                        _ = tokio::signal::ctrl_c() => {}
+                    }
+                    return Ok(());
+                }
+                Err(e) if e.starts_with("cannot reach the daemon") => {}
+                Err(e) => return Err(e),
+            }
             let node = Node::start(config, Mode::ClientOnly).await?;
             let listener = proxy::bind(&node, listen)?;
             eprintln!(
-                "svcnet: forwarding {} to {target}; Ctrl-C to stop",
+                "svcnet: forwarding {} to {parsed}; Ctrl-C to stop",
                 listener.local_addr().map_err(|e| e.to_string())?
             );
             tokio::select! {
-                _ = proxy::run(node.clone(), target, listener) => {}
+                _ = proxy::run(node.clone(), parsed, listener) => {}
                 _ = tokio::signal::ctrl_c() => {}
             }
             node.shutdown().await;
@@ -317,6 +364,34 @@ fn default_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_ascii_lowercase())
         .unwrap_or_else(|_| "node".into())
+}
+
+fn print_services(answer: &Value) {
+    println!(
+        "{:<16} {:<12} {:<10} {:<12} {:<9} {:<8} ADDRESS",
+        "ROLE", "VERSION", "NODE", "SERVICE", "HEALTH", "LEASE"
+    );
+    for i in answer["instances"].as_array().into_iter().flatten() {
+        let health = match (i["healthy"].as_bool(), i["down"].as_bool()) {
+            (_, Some(true)) => "down",
+            (Some(true), _) => "healthy",
+            _ => "unhealthy",
+        };
+        let lease = i["lease_s"]
+            .as_f64()
+            .map(|s| format!("{s:.0}s"))
+            .unwrap_or_else(|| "local".into());
+        println!(
+            "{:<16} {:<12} {:<10} {:<12} {:<9} {:<8} {}",
+            i["role"].as_str().unwrap_or("?"),
+            i["version"].as_str().unwrap_or("?"),
+            i["node"].as_str().unwrap_or("?"),
+            i["service"].as_str().unwrap_or("?"),
+            health,
+            lease,
+            i["address"].as_str().unwrap_or("?")
+        );
+    }
 }
 
 fn print_status(status: &Value) {

@@ -8,27 +8,43 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use svcnet_core::addressing::{parse_name, Name, NodeLabel, ServiceName, Zone};
+use svcnet_core::registry::range_label::label_to_req;
 use svcnet_core::wire::stream::TargetRef;
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use crate::node::{pump_client, Node};
+use crate::node::{pump_client, Node, RoleStream, RoleTarget};
 use crate::sockopt;
 
-/// What a proxy forwards to: a service on a node, and the port to request.
+/// What a proxy forwards to: a service on a node, or a role (balanced, with failover).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// A service of one node.
+    Service {
+        /// The service.
+        service: ServiceName,
+        /// The node offering it.
+        node: NodeLabel,
+    },
+    /// Any healthy instance of a role in a version range.
+    Role(RoleTarget),
+}
+
+/// A proxy target: where, and the destination port to request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProxyTarget {
-    /// The service.
-    pub service: ServiceName,
-    /// The node offering it.
-    pub node: NodeLabel,
+    /// Where connections go.
+    pub destination: Destination,
     /// The destination port to request (`None`: the local listen port).
     pub port: Option<u16>,
 }
 
 impl std::fmt::Display for ProxyTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}", self.service, self.node)?;
+        match &self.destination {
+            Destination::Service { service, node } => write!(f, "{service}.{node}")?,
+            Destination::Role(role) => write!(f, "{role}")?,
+        }
         if let Some(port) = self.port {
             write!(f, ":{port}")?;
         }
@@ -36,22 +52,26 @@ impl std::fmt::Display for ProxyTarget {
     }
 }
 
-/// Parses `SERVICE.NODE[.ZONE][:PORT]` (NODE is a node name or id).
+/// Parses `SERVICE.NODE[.ZONE][:PORT]` (NODE is a node name or id), `ROLE@RANGE[:PORT]`, or a
+/// role name `[vLABEL.]ROLE.role[.ZONE][:PORT]`.
 pub fn parse_target(text: &str, zone: &Zone) -> Result<ProxyTarget, String> {
+    // A port suffix is `:` and digits only (semver ranges never contain `:`).
     let (name, port) = match text.rsplit_once(':') {
-        Some((name, port)) => (
+        Some((name, port)) if !text.contains('@') || port.chars().all(|c| c.is_ascii_digit()) => (
             name,
             Some(
                 port.parse::<u16>()
                     .map_err(|_| format!("`{port}` in `{text}` is not a port number (1-65535)"))?,
             ),
         ),
-        None => (text, None),
+        _ => (text, None),
     };
-    if text.contains('@') {
-        return Err(format!(
-            "`{text}` names a role; role targets need the service registry, which this build does not have yet — name a service as SERVICE.NODE"
-        ));
+    let port = port.filter(|p| *p != 0);
+    if name.contains('@') {
+        return Ok(ProxyTarget {
+            destination: Destination::Role(RoleTarget::parse(name)?),
+            port,
+        });
     }
     let name = name.strip_suffix('.').unwrap_or(name);
     let fqdn = if name.to_ascii_lowercase().ends_with(&format!(".{zone}")) {
@@ -59,18 +79,24 @@ pub fn parse_target(text: &str, zone: &Zone) -> Result<ProxyTarget, String> {
     } else {
         format!("{name}.{zone}")
     };
+    let expected = "expected SERVICE.NODE (e.g. web.alpha) or ROLE@RANGE (e.g. couchdb@^3.1)";
     match parse_name(zone, &fqdn) {
         Ok(Name::Service { service, node }) => Ok(ProxyTarget {
-            service,
-            node,
-            port: port.filter(|p| *p != 0),
+            destination: Destination::Service { service, node },
+            port,
         }),
-        Ok(_) => Err(format!(
-            "`{text}` is not a service name; expected SERVICE.NODE, e.g. web.alpha"
-        )),
-        Err(e) => Err(format!(
-            "`{text}`: {e}; expected SERVICE.NODE, e.g. web.alpha"
-        )),
+        Ok(Name::Role {
+            role,
+            version_label,
+        }) => Ok(ProxyTarget {
+            destination: Destination::Role(RoleTarget {
+                role,
+                req: label_to_req(version_label),
+            }),
+            port,
+        }),
+        Ok(Name::Node { .. }) => Err(format!("`{text}` names a node, not a service; {expected}")),
+        Err(e) => Err(format!("`{text}`: {e}; {expected}")),
     }
 }
 
@@ -96,7 +122,26 @@ pub async fn run(node: Node, target: ProxyTarget, listener: tokio::net::TcpListe
 }
 
 async fn forward(node: Node, target: ProxyTarget, port: u16, client: TcpStream, peer: SocketAddr) {
-    let node_id = match node.resolve_node(&target.node) {
+    let (service, node_label) = match &target.destination {
+        Destination::Service { service, node } => (service.clone(), node.clone()),
+        Destination::Role(role) => {
+            match node.open_role(role, port, Some(peer)).await {
+                Ok((RoleStream::Remote(stream), _connection, instance)) => {
+                    debug!(%target, service = %instance.service, node = %instance.origin.short(), "proxying");
+                    pump_client(client, stream).await;
+                }
+                Ok((RoleStream::Local(mut local), _connection, _)) => {
+                    let _ = tokio::io::copy_bidirectional(&mut { client }, &mut local).await;
+                }
+                Err(e) => {
+                    info!(%target, client = %peer, error = %e, "no instance answered");
+                    reset(client);
+                }
+            }
+            return;
+        }
+    };
+    let node_id = match node.resolve_node(&node_label) {
         Ok(id) => id,
         Err(e) => {
             warn!(%target, error = %e, "cannot resolve proxy target");
@@ -105,7 +150,7 @@ async fn forward(node: Node, target: ProxyTarget, port: u16, client: TcpStream, 
         }
     };
     if node_id == node.id() {
-        match node.open_local(target.service.clone(), port).await {
+        match node.open_local(service, port).await {
             Ok(local) => {
                 let _ = tokio::io::copy_bidirectional(&mut { client }, &mut { local }).await;
             }
@@ -117,12 +162,7 @@ async fn forward(node: Node, target: ProxyTarget, port: u16, client: TcpStream, 
         return;
     }
     match node
-        .open(
-            node_id,
-            TargetRef::Service(target.service.clone()),
-            port,
-            Some(peer),
-        )
+        .open(node_id, TargetRef::Service(service), port, Some(peer))
         .await
     {
         Ok(stream) => {
@@ -157,11 +197,17 @@ mod tests {
         Zone::new("svcnet").unwrap()
     }
 
+    fn service(t: &ProxyTarget) -> (&str, String) {
+        match &t.destination {
+            Destination::Service { service, node } => (service.as_str(), node.to_string()),
+            other => panic!("not a service: {other:?}"),
+        }
+    }
+
     #[test]
     fn targets_parse_with_and_without_zone_and_port() {
         let t = parse_target("web.alpha", &zone()).unwrap();
-        assert_eq!(t.service.as_str(), "web");
-        assert_eq!(t.node, NodeLabel::parse("alpha").unwrap());
+        assert_eq!(service(&t), ("web", "alpha".to_string()));
         assert_eq!(t.port, None);
         assert_eq!(parse_target("web.alpha.svcnet", &zone()).unwrap(), t);
         assert_eq!(
@@ -176,8 +222,34 @@ mod tests {
     }
 
     #[test]
+    fn role_targets_take_any_semver_range_or_a_role_name() {
+        let t = parse_target("couchdb@^3.1", &zone()).unwrap();
+        let Destination::Role(role) = &t.destination else {
+            panic!("{t:?}")
+        };
+        assert_eq!(role.role.as_str(), "couchdb");
+        assert!(role.req.matches(&semver::Version::parse("3.4.0").unwrap()));
+        assert!(!role.req.matches(&semver::Version::parse("4.0.0").unwrap()));
+        let t = parse_target("couchdb@>=3, <4:5984", &zone()).unwrap();
+        assert_eq!(t.port, Some(5984));
+        let t = parse_target("couchdb", &zone());
+        assert!(t.is_err(), "a bare label is a node name, not a role");
+        let t = parse_target("v3.couchdb.role", &zone()).unwrap();
+        let Destination::Role(role) = &t.destination else {
+            panic!("{t:?}")
+        };
+        assert!(role.req.matches(&semver::Version::parse("3.9.1").unwrap()));
+        assert!(!role.req.matches(&semver::Version::parse("2.9.1").unwrap()));
+        let t = parse_target("couchdb.role.svcnet", &zone()).unwrap();
+        assert_eq!(t.to_string(), "couchdb@*");
+        assert!(parse_target("couchdb@^x", &zone())
+            .unwrap_err()
+            .contains("semver range"));
+    }
+
+    #[test]
     fn bad_targets_say_what_is_expected() {
-        for bad in ["alpha", "a.b.c.d", "web.alpha:http", "web.-x", "couchdb@^3"] {
+        for bad in ["alpha", "a.b.c.d", "web.alpha:http", "web.-x"] {
             let err = parse_target(bad, &zone()).unwrap_err();
             assert!(err.contains(bad) || err.contains("port"), "{bad}: {err}");
         }

@@ -14,13 +14,43 @@ use std::time::Duration;
 use svcnet_core::addressing::{NetworkPrefix, ServiceName, PREFIX_LEN_BITS};
 use svcnet_core::identity::NodeId;
 use svcnet_core::netstack::{self, RefuseReason};
+use svcnet_core::registry::range_label::label_to_req;
 use svcnet_core::wire::stream::TargetRef;
 use svcnet_tun::{PendingConnection, TunDevice, TunStack};
 use tracing::{debug, info};
 
-use crate::node::{pump_client_streams, Node};
+use crate::node::{pump_client_streams, Node, RoleStream, RoleTarget};
 
-type Table = Arc<Mutex<BTreeMap<Ipv6Addr, (NodeId, ServiceName)>>>;
+/// What a served address stands for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum AddressTarget {
+    /// A service of one node.
+    Service(NodeId, ServiceName),
+    /// A role in a version range: balanced with failover over its healthy instances.
+    Role(RoleTarget),
+}
+
+type Table = Arc<Mutex<BTreeMap<Ipv6Addr, AddressTarget>>>;
+
+/// Every address the node can serve now: its services, the services connected peers announced,
+/// and the role addresses of the roles in the registry's replica.
+fn wanted_addresses(node: &Node) -> BTreeMap<Ipv6Addr, AddressTarget> {
+    let mut wanted: BTreeMap<Ipv6Addr, AddressTarget> = node
+        .service_addresses()
+        .into_iter()
+        .map(|(address, (id, service))| (address, AddressTarget::Service(id, service)))
+        .collect();
+    for (address, role, label) in node.role_addresses() {
+        wanted.insert(
+            address,
+            AddressTarget::Role(RoleTarget {
+                role,
+                req: label_to_req(label),
+            }),
+        );
+    }
+    wanted
+}
 
 /// Creates the TUN device, starts the netstack and serves connections until the task is
 /// dropped. Errors (no permission, bad name) say what to do.
@@ -64,7 +94,7 @@ pub fn start(node: &Node) -> Result<(), String> {
 async fn sync_addresses(node: Node, stack: TunStack, table: Table) {
     let mut changes = node.subscribe_changes();
     loop {
-        let wanted = node.service_addresses();
+        let wanted = wanted_addresses(&node);
         {
             let mut current = table.lock().expect("table lock");
             for address in current.keys() {
@@ -90,13 +120,36 @@ async fn handle(node: Node, table: Table, pending: PendingConnection) {
         pending.refuse(RefuseReason::Refused);
         return;
     };
-    let Some((target_node, service)) = table.lock().expect("table lock").get(&address).cloned()
-    else {
+    let Some(target) = table.lock().expect("table lock").get(&address).cloned() else {
         pending.refuse(RefuseReason::Refused);
         return;
     };
     let port = pending.port;
     let client = pending.client;
+    let (target_node, service) = match target {
+        AddressTarget::Service(id, service) => (id, service),
+        AddressTarget::Role(role) => {
+            match node.open_role(&role, port, Some(client)).await {
+                Ok((RoleStream::Remote(remote), _connection, _)) => {
+                    let stream = pending.accept();
+                    let reset = stream.reset_handle();
+                    let (read, write) = tokio::io::split(stream);
+                    if pump_client_streams(read, write, remote).await.is_some() {
+                        reset.reset();
+                    }
+                }
+                Ok((RoleStream::Local(mut local), _connection, _)) => {
+                    let mut stream = pending.accept();
+                    let _ = tokio::io::copy_bidirectional(&mut stream, &mut local).await;
+                }
+                Err(e) => {
+                    debug!(%role, port, %client, error = %e, "no instance answered");
+                    pending.refuse(RefuseReason::Refused);
+                }
+            }
+            return;
+        }
+    };
     if target_node == node.id() {
         match node.open_local(service.clone(), port).await {
             Ok(mut local) => {

@@ -1115,6 +1115,12 @@ impl Registry {
     pub fn origins(&self) -> Vec<NodeId> {
         self.replica.origins()
     }
+
+    /// How much of `origin`'s lease is left (for status displays); `None` if it has no live
+    /// announcement. This node's own entry never expires locally.
+    pub fn lease_remaining(&self, origin: &NodeId, now: Instant) -> Option<Duration> {
+        self.replica.signed(origin, now).map(|(_, left)| left)
+    }
 }
 
 fn millis(d: Duration) -> u32 {

@@ -9,6 +9,7 @@
 //! HELLO:    name_len u8 | name | count u16 | count × (len u8 | service name)
 //! SERVICES: count u16 | count × (len u8 | service name)          (replaces the previous list)
 //! GOODBYE:  reason u8
+//! REGISTRY: opaque registry message (`registry::message`, docs/registry.md §4–§5)
 //! ```
 //!
 //! Unknown frame types are skipped whole, so later versions can add messages without breaking
@@ -36,6 +37,8 @@ pub mod control_type {
     pub const SERVICES: u8 = 2;
     /// The sender is closing cleanly.
     pub const GOODBYE: u8 = 3;
+    /// A message of the service registry (opaque here).
+    pub const REGISTRY: u8 = 4;
 }
 
 /// Why a node says goodbye.
@@ -61,6 +64,8 @@ pub enum ControlMessage {
     Services(Vec<ServiceName>),
     /// The sender is closing the connection.
     Goodbye(GoodbyeReason),
+    /// A service-registry message, carried as is (the registry decodes and bounds it).
+    Registry(Vec<u8>),
     /// A frame of a type this node does not know (skipped).
     Unknown {
         /// Its type.
@@ -118,6 +123,10 @@ impl ControlMessage {
                 body.push(*reason as u8);
                 control_type::GOODBYE
             }
+            ControlMessage::Registry(message) => {
+                body.extend_from_slice(message);
+                control_type::REGISTRY
+            }
             ControlMessage::Unknown { kind } => *kind,
         };
         let mut out = Vec::with_capacity(CONTROL_PREFIX_LEN + body.len());
@@ -150,6 +159,11 @@ impl ControlMessage {
                 ControlMessage::Hello { name, services }
             }
             control_type::SERVICES => ControlMessage::Services(read_services(&mut r)?),
+            control_type::REGISTRY => {
+                let message = r.bytes.to_vec();
+                r.bytes = &[];
+                ControlMessage::Registry(message)
+            }
             control_type::GOODBYE => ControlMessage::Goodbye(match r.u8("reason")? {
                 0 => GoodbyeReason::Shutdown,
                 1 => GoodbyeReason::Restart,
@@ -252,6 +266,8 @@ mod tests {
             ControlMessage::Services(services(&["a", "b-c"])),
             ControlMessage::Goodbye(GoodbyeReason::Restart),
             ControlMessage::Goodbye(GoodbyeReason::Shutdown),
+            ControlMessage::Registry(vec![1, 2, 3]),
+            ControlMessage::Registry(vec![]),
         ] {
             let bytes = message.encode();
             assert_eq!(

@@ -28,8 +28,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use multiaddr::{Multiaddr, Protocol};
-use svcnet_core::addressing::{NodeName, ServiceName, Zone};
+use svcnet_core::addressing::{NodeName, RoleName, ServiceName, Zone};
 use svcnet_core::identity::{NodeId, NodeKey};
+use svcnet_core::registry::{RegistryConfig, Strategy};
 use svcnet_core::service::{ServiceEntry, ServiceTarget, TargetComponent, TargetError};
 
 use crate::sockopt::SocketOptions;
@@ -81,6 +82,8 @@ pub struct Config {
     pub control: ControlConfig,
     /// `[metrics]`
     pub metrics: MetricsConfig,
+    /// `[registry]`.
+    pub registry: RegistrySettings,
 }
 
 /// One `[[peers]]` entry.
@@ -131,8 +134,56 @@ pub struct ServiceConfig {
     /// `role`: the registry role this service instance announces, `name@version`, kept as written
     /// (its semver is checked by the registry).
     pub role: Option<String>,
+    /// `health`: an HTTP path the registry's health check requests (expecting 2xx); without it
+    /// the check is a TCP connect to the target. Only with `role`.
+    pub health: Option<String>,
     /// `[services.<name>.socket]`: options for the connections dialed to the target.
     pub socket: SocketOptions,
+}
+
+impl ServiceConfig {
+    /// The role and version this service announces, if it has a `role`.
+    pub fn role_version(&self) -> Option<(RoleName, semver::Version)> {
+        let (role, version) = self.role.as_deref()?.split_once('@')?;
+        Some((
+            RoleName::parse(role).ok()?,
+            semver::Version::parse(version).ok()?,
+        ))
+    }
+}
+
+/// `[registry]`: the service registry's settings (defaults from the core's `RegistryConfig`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RegistrySettings {
+    /// `balance`: `p2c` (default), `round-robin`, `least-outstanding` or `sticky`.
+    pub balance: Strategy,
+    /// `lease`: how long other nodes keep this node's instances without news (default 30s).
+    pub lease: Option<Duration>,
+    /// `heartbeat`: how often this node re-announces (default 10s, well under `lease`).
+    pub heartbeat: Option<Duration>,
+    /// `health_interval`: how often each role instance is checked (default 5s).
+    pub health_interval: Option<Duration>,
+}
+
+impl RegistrySettings {
+    /// The core's registry config with these settings and `seed`.
+    pub fn core_config(&self, seed: u64) -> RegistryConfig {
+        let mut config = RegistryConfig {
+            strategy: self.balance,
+            seed,
+            ..RegistryConfig::default()
+        };
+        if let Some(lease) = self.lease {
+            config.lease = lease;
+        }
+        if let Some(heartbeat) = self.heartbeat {
+            config.heartbeat_interval = heartbeat;
+        }
+        if let Some(interval) = self.health_interval {
+            config.health_check_interval = interval;
+        }
+        config
+    }
 }
 
 /// `[tun]`

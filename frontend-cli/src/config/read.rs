@@ -15,14 +15,16 @@ use data_encoding::{BASE64, BASE64_NOPAD};
 use multiaddr::{Multiaddr, Protocol};
 use svcnet_core::addressing::{NodeName, RoleName, ServiceName, Zone};
 use svcnet_core::identity::{NodeId, NodeKey};
+use svcnet_core::registry::Strategy;
 use svcnet_core::service::{validate_host_name, PortAllowList, ServiceEntry};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::{
     parse_service_target, Config, ConfigError, ConfigErrorKind, ControlConfig, DnsConfig, Limits,
-    MetricsConfig, PeerAddr, PeerConfig, ProxyConfig, ServiceConfig, TransportConfig, TunConfig,
-    DEFAULT_LISTEN, DEFAULT_MTU, DEFAULT_NETWORK, DEFAULT_TUN_NAME, MAX_DURATION, MIN_MTU,
+    MetricsConfig, PeerAddr, PeerConfig, ProxyConfig, RegistrySettings, ServiceConfig,
+    TransportConfig, TunConfig, DEFAULT_LISTEN, DEFAULT_MTU, DEFAULT_NETWORK, DEFAULT_TUN_NAME,
+    MAX_DURATION, MIN_MTU,
 };
 use crate::sockopt::{
     check_ifname, Keepalive, SocketKind, SocketOptions, MAX_BUFFER, MAX_KEEPALIVE_COUNT, MIN_BUFFER,
@@ -44,9 +46,11 @@ const TOP_KEYS: &[&str] = &[
     "proxy",
     "control",
     "metrics",
+    "registry",
 ];
 const PEER_KEYS: &[&str] = &["id", "name", "addrs"];
-const SERVICE_KEYS: &[&str] = &["target", "role", "ports", "socket"];
+const SERVICE_KEYS: &[&str] = &["target", "role", "health", "ports", "socket"];
+const REGISTRY_KEYS: &[&str] = &["balance", "lease", "heartbeat", "health_interval"];
 const TUN_KEYS: &[&str] = &["enabled", "name", "mtu"];
 const DNS_KEYS: &[&str] = &["listen", "zone", "forward"];
 const LIMIT_KEYS: &[&str] = &[
@@ -459,6 +463,8 @@ pub(super) fn read(text: &str, path: &Path) -> Result<Config, ConfigError> {
         metrics.listen = table.socket_addr("listen", None)?;
     }
 
+    let registry = read_registry(&doc, &top)?;
+
     Ok(Config {
         path: path.to_path_buf(),
         name,
@@ -474,7 +480,40 @@ pub(super) fn read(text: &str, path: &Path) -> Result<Config, ConfigError> {
         proxy,
         control,
         metrics,
+        registry,
     })
+}
+
+fn read_registry(doc: &Doc<'_>, top: &Table<'_, '_>) -> Result<RegistrySettings, ConfigError> {
+    let mut settings = RegistrySettings::default();
+    let Some(table) = top.table("registry", REGISTRY_KEYS)? else {
+        return Ok(settings);
+    };
+    if let Some(value) = table.get("balance") {
+        let text = expect_str(doc, "registry.balance", value)?;
+        settings.balance = match text {
+            "p2c" | "power-of-two" => Strategy::PowerOfTwo,
+            "round-robin" => Strategy::RoundRobin,
+            "least-outstanding" => Strategy::LeastOutstanding,
+            "sticky" => Strategy::Sticky,
+            other => {
+                return Err(doc.at(
+                    "registry.balance",
+                    value,
+                    format!(
+                        "{other:?} is not a strategy; use \"p2c\" (default), \"round-robin\", \"least-outstanding\" or \"sticky\""
+                    ),
+                ))
+            }
+        };
+    }
+    settings.lease = table.duration("lease")?;
+    settings.heartbeat = table.duration("heartbeat")?;
+    settings.health_interval = table.duration("health_interval")?;
+    if let Err(reason) = settings.core_config(0).validate() {
+        return Err(doc.error("registry", None, reason));
+    }
+    Ok(settings)
 }
 
 fn read_private_key(doc: &Doc<'_>, top: &Table<'_, '_>) -> Result<NodeKey, ConfigError> {
@@ -741,6 +780,7 @@ fn read_services(
                     allowed_ports: None,
                 },
                 role: None,
+                health: None,
                 socket: SocketOptions::default(),
             },
             DeValue::Table(t) => read_service_table(
@@ -797,6 +837,32 @@ fn read_service_table(
         }
     };
 
+    let health = match table.get("health") {
+        None => None,
+        Some(v) => {
+            let key = table.key("health");
+            let text = expect_str(doc, &key, v)?;
+            if !text.starts_with('/')
+                || text.len() > 1024
+                || text.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(doc.at(
+                    &key,
+                    v,
+                    "must be an HTTP path starting with `/` and without spaces, e.g. \"/healthz\"",
+                ));
+            }
+            if role.is_none() {
+                return Err(doc.at(
+                    &key,
+                    v,
+                    "health checks are for role instances; add `role = \"name@version\"` or remove this key",
+                ));
+            }
+            Some(text.to_string())
+        }
+    };
+
     let allowed_ports = match table.get("ports") {
         None => None,
         Some(v) => {
@@ -839,25 +905,20 @@ fn read_service_table(
             allowed_ports,
         },
         role,
+        health,
         socket,
     })
 }
 
-/// The loose shape of a role: `<role name>@<version>`, the version starting with a digit. The
-/// registry checks the version as semver when it lands; here only obvious mistakes are caught.
+/// A role: `<role name>@<semantic version>` (semver 2.0, as the `semver` crate parses it).
 fn check_role(text: &str) -> Result<(), String> {
     let example = "write <role>@<version>, e.g. \"couchdb@3.2.2\"";
     let Some((role, version)) = text.split_once('@') else {
         return Err(format!("{text:?} has no version; {example}"));
     };
     RoleName::parse(role).map_err(|e| format!("bad role name: {e}; {example}"))?;
-    let version_ok = version.starts_with(|c: char| c.is_ascii_digit())
-        && version
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+'));
-    if !version_ok {
-        return Err(format!("{version:?} is not a version; {example}"));
-    }
+    semver::Version::parse(version)
+        .map_err(|e| format!("{version:?} is not a semantic version ({e}); {example}"))?;
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 use super::*;
 use crate::sockopt::Keepalive;
 use proptest::prelude::*;
+use proptest::strategy::Strategy;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use svcnet_core::service::{PortAllowList, TargetHost};
 
@@ -654,7 +655,22 @@ fn service_table_errors() {
     assert_error(
         &svc("role = \"couchdb@latest\""),
         "services.couch.role",
-        "not a version",
+        "not a semantic version",
+    );
+    assert_error(
+        &svc("role = \"couchdb@3.2\""),
+        "services.couch.role",
+        "not a semantic version",
+    );
+    assert_error(
+        &svc("health = \"healthz\"\nrole = \"couchdb@3.2.2\""),
+        "services.couch.health",
+        "starting with `/`",
+    );
+    assert_error(
+        &svc("health = \"/healthz\""),
+        "services.couch.health",
+        "add `role",
     );
     assert_error(&svc("ports = []"), "services.couch.ports", "empty");
     assert_error(
@@ -915,4 +931,23 @@ fn the_complete_example_of_the_reference_loads() {
         Some("beta")
     );
     assert!(config.proxy.socket.keepalive.is_some());
+}
+
+#[test]
+fn registry_settings() {
+    let config =
+        load("[registry]\nbalance = \"sticky\"\nlease = \"60s\"\nheartbeat = \"5s\"\n").unwrap();
+    assert_eq!(
+        config.registry.balance,
+        svcnet_core::registry::Strategy::Sticky
+    );
+    assert_eq!(config.registry.lease, Some(Duration::from_secs(60)));
+    assert_error(
+        "[registry]\nbalance = \"random\"\n",
+        "registry.balance",
+        "not a strategy",
+    );
+    // A heartbeat that does not fit the lease is named.
+    let err = error("[registry]\nlease = \"5s\"\nheartbeat = \"10s\"\n");
+    assert_eq!(err.key.as_deref(), Some("registry"), "{err}");
 }

@@ -18,19 +18,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
 use quinn::{RecvStream, SendStream, VarInt};
 use svcnet_core::addressing::{NodeLabel, NodeName, ServiceName};
 use svcnet_core::identity::NodeId;
 use svcnet_core::peering::{ConnId, PeerBook, PeerStatus, PeeringConfig, PeeringEvent};
 use svcnet_core::service::TargetHost;
 use svcnet_core::time::Instant;
-use svcnet_core::wire::control::{ControlMessage, CONTROL_PREFIX_LEN};
 use svcnet_core::wire::stream::{
     stream_error, DialReply, DialStatus, Protocol, ServiceRequest, StreamHeader, TargetRef,
     HEADER_PREFIX_LEN, REPLY_PREFIX_LEN,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, info, warn};
@@ -39,6 +36,13 @@ use crate::config::{Config, PeerAddr};
 use crate::metrics::{Direction, Metrics, ServiceCounters};
 use crate::sockopt;
 use crate::tls;
+
+mod control;
+mod pump;
+mod registry;
+
+pub use pump::{pump, pump_client, pump_client_streams, pump_streams};
+pub use registry::{RoleConnection, RoleStream, RoleTarget};
 
 /// QUIC application close codes (docs/protocol.md §4.4).
 pub mod close_code {
@@ -124,6 +128,9 @@ struct Inner {
     connection_slots: Arc<Semaphore>,
     shutdown: watch::Sender<bool>,
     metrics_addr: std::sync::OnceLock<SocketAddr>,
+    registry: Mutex<svcnet_core::registry::Registry>,
+    registry_wake: tokio::sync::Notify,
+    control_senders: Mutex<BTreeMap<ConnId, control::ControlChannel>>,
 }
 
 /// A running node. Cheap to clone.
@@ -255,6 +262,27 @@ impl Node {
                 Instant::ZERO,
             );
         }
+        // The incarnation must grow across restarts (docs/registry.md §1): the start time does.
+        let incarnation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(1)
+            .max(1);
+        let seed = u64::from_le_bytes(own_id.as_bytes()[16..24].try_into().expect("8 bytes"));
+        let mut reg = svcnet_core::registry::Registry::new(
+            config.key.clone(),
+            incarnation,
+            config.registry.core_config(seed ^ incarnation),
+            Instant::ZERO,
+        );
+        for peer in &config.peers {
+            reg.authorize(peer.id);
+        }
+        let instances = registry::local_instances(&config);
+        if !instances.is_empty() {
+            reg.set_local_instances(instances, Instant::ZERO)
+                .map_err(|e| format!("[services] roles cannot be announced: {e}"))?;
+        }
         let node = Node {
             inner: Arc::new(Inner {
                 own_id,
@@ -269,6 +297,9 @@ impl Node {
                 connection_slots: Arc::new(Semaphore::new(config.limits.max_connections)),
                 shutdown: watch::channel(false).0,
                 metrics_addr: std::sync::OnceLock::new(),
+                registry: Mutex::new(reg),
+                registry_wake: tokio::sync::Notify::new(),
+                control_senders: Mutex::new(BTreeMap::new()),
                 config,
             }),
         };
@@ -278,6 +309,7 @@ impl Node {
             }
         }
         tokio::spawn(node.clone().peering_loop());
+        tokio::spawn(node.clone().registry_loop());
         Ok(node)
     }
 
@@ -377,7 +409,13 @@ impl Node {
                 };
                 exists.then(|| prefix.service_address(&id, service))
             }
-            Name::Role { .. } => None,
+            Name::Role {
+                role,
+                version_label,
+            } => {
+                drop(book);
+                self.lookup_role(role, *version_label)
+            }
         }
     }
 
@@ -410,6 +448,7 @@ impl Node {
 
     /// Closes every connection with a goodbye and stops accepting.
     pub async fn shutdown(&self) {
+        self.withdraw_registry().await;
         let _ = self.inner.shutdown.send(true);
         let conns: Vec<quinn::Connection> = self
             .inner
@@ -602,14 +641,14 @@ impl Node {
             let node = self.clone();
             let conn = connection.clone();
             tokio::spawn(async move {
-                if let Err(e) = node.run_control_opener(peer, conn.clone()).await {
+                if let Err(e) = node.run_control_opener(peer, id, conn.clone()).await {
                     debug!(peer = %peer.short(), error = %e, "control stream ended");
                 }
             });
         }
         let node = self.clone();
         tokio::spawn(async move {
-            node.serve_connection(peer, connection.clone()).await;
+            node.serve_connection(peer, id, connection.clone()).await;
             let reason = connection.closed().await;
             node.inner.conns.lock().expect("conns lock").remove(&id);
             let now = node.now();
@@ -619,69 +658,7 @@ impl Node {
         });
     }
 
-    fn hello(&self) -> ControlMessage {
-        ControlMessage::Hello {
-            name: self.inner.config.name.clone(),
-            services: self.inner.config.services.keys().cloned().collect(),
-        }
-    }
-
-    async fn run_control_opener(
-        &self,
-        peer: NodeId,
-        conn: quinn::Connection,
-    ) -> Result<(), String> {
-        let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-        send.write_all(&StreamHeader::Control.encode())
-            .await
-            .map_err(|e| e.to_string())?;
-        send.write_all(&self.hello().encode())
-            .await
-            .map_err(|e| e.to_string())?;
-        self.read_control(peer, recv).await
-    }
-
-    async fn read_control(&self, peer: NodeId, mut recv: RecvStream) -> Result<(), String> {
-        loop {
-            let mut prefix = [0u8; CONTROL_PREFIX_LEN];
-            match recv.read_exact(&mut prefix).await {
-                Ok(()) => {}
-                Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(()),
-                Err(e) => return Err(e.to_string()),
-            }
-            let (kind, len) = ControlMessage::decode_prefix(&prefix).map_err(|e| e.to_string())?;
-            let mut body = vec![0u8; len];
-            recv.read_exact(&mut body)
-                .await
-                .map_err(|e| e.to_string())?;
-            match ControlMessage::decode_body(kind, &body) {
-                Ok(ControlMessage::Hello { name, services }) => {
-                    debug!(peer = %peer.short(), %name, services = services.len(), "hello");
-                    self.book().handle_announcement(peer, Some(name), services);
-                    self.inner.changes.send_modify(|v| *v += 1);
-                }
-                Ok(ControlMessage::Services(services)) => {
-                    self.book().handle_announcement(peer, None, services);
-                    self.inner.changes.send_modify(|v| *v += 1);
-                }
-                Ok(ControlMessage::Goodbye(reason)) => {
-                    debug!(peer = %peer.short(), ?reason, "goodbye");
-                }
-                Ok(ControlMessage::Unknown { kind }) => {
-                    debug!(peer = %peer.short(), kind, "skipped unknown control message");
-                }
-                Err(e) => {
-                    self.inner
-                        .metrics
-                        .protocol_errors
-                        .fetch_add(1, Ordering::Relaxed);
-                    return Err(e.to_string());
-                }
-            }
-        }
-    }
-
-    async fn serve_connection(&self, peer: NodeId, conn: quinn::Connection) {
+    async fn serve_connection(&self, peer: NodeId, conn_id: ConnId, conn: quinn::Connection) {
         let mut shutdown = self.inner.shutdown.subscribe();
         loop {
             let accepted = tokio::select! {
@@ -694,12 +671,18 @@ impl Node {
             };
             let node = self.clone();
             tokio::spawn(async move {
-                node.serve_stream(peer, send, recv).await;
+                node.serve_stream(peer, conn_id, send, recv).await;
             });
         }
     }
 
-    async fn serve_stream(&self, peer: NodeId, mut send: SendStream, mut recv: RecvStream) {
+    async fn serve_stream(
+        &self,
+        peer: NodeId,
+        conn_id: ConnId,
+        mut send: SendStream,
+        mut recv: RecvStream,
+    ) {
         let timeout = self.inner.config.limits.header_timeout;
         let header = match tokio::time::timeout(timeout, read_header(&mut recv)).await {
             Ok(Ok(h)) => h,
@@ -721,10 +704,8 @@ impl Node {
         };
         match header {
             StreamHeader::Control => {
-                if send.write_all(&self.hello().encode()).await.is_ok() {
-                    if let Err(e) = self.read_control(peer, recv).await {
-                        debug!(peer = %peer.short(), error = %e, "control stream ended");
-                    }
+                if let Err(e) = self.run_control(peer, conn_id, send, recv).await {
+                    debug!(peer = %peer.short(), error = %e, "control stream ended");
                 }
             }
             StreamHeader::Service(request) => self.serve_service(peer, request, send, recv).await,
@@ -969,154 +950,6 @@ async fn read_reply(recv: &mut RecvStream) -> Result<DialReply, String> {
         .await
         .map_err(|e| e.to_string())?;
     DialReply::from_parts(status, &message).map_err(|e| e.to_string())
-}
-
-/// How one direction of a pump ended.
-enum HalfEnd {
-    /// Orderly end of data (FIN).
-    Finished,
-    /// The source was reset or the sink refused data: reset everything.
-    Reset,
-}
-
-/// Moves bytes both ways between a TCP connection and a QUIC stream until both directions end.
-/// FIN maps to finish and back; a reset on either side resets the other (TCP RST via SO_LINGER 0).
-pub async fn pump(
-    tcp: TcpStream,
-    send: SendStream,
-    recv: RecvStream,
-    counters: &ServiceCounters,
-    direction: Direction,
-) {
-    let _ = tcp.set_nodelay(true);
-    let (tcp_read, tcp_write) = tcp.into_split();
-    if let Some((tcp_read, tcp_write)) =
-        pump_streams(tcp_read, tcp_write, send, recv, counters, direction).await
-    {
-        if let Ok(tcp) = tcp_read.reunite(tcp_write) {
-            let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
-        }
-    }
-}
-
-/// The pump over any local byte stream halves. Returns the halves if the connection was reset, so
-/// the caller can reset its local side in its own way (a TCP RST, a netstack reset).
-pub async fn pump_streams<R, W>(
-    mut local_read: R,
-    mut local_write: W,
-    mut send: SendStream,
-    mut recv: RecvStream,
-    counters: &ServiceCounters,
-    direction: Direction,
-) -> Option<(R, W)>
-where
-    R: tokio::io::AsyncRead + Unpin,
-    W: tokio::io::AsyncWrite + Unpin,
-{
-    // "up" carries bytes read from the local side; which counter that is depends on the side.
-    let (up_counter, down_counter) = match direction {
-        Direction::Served => (&counters.bytes_to_client, &counters.bytes_to_service),
-        Direction::Proxied => (&counters.bytes_to_service, &counters.bytes_to_client),
-    };
-    let reset = {
-        let up = async {
-            let mut buf = BytesMut::with_capacity(64 * 1024);
-            loop {
-                if buf.capacity() < 16 * 1024 {
-                    buf.reserve(64 * 1024);
-                }
-                match local_read.read_buf(&mut buf).await {
-                    Ok(0) => {
-                        let _ = send.finish();
-                        return HalfEnd::Finished;
-                    }
-                    Ok(n) => {
-                        up_counter.fetch_add(n as u64, Ordering::Relaxed);
-                        let chunk: Bytes = buf.split().freeze();
-                        if send.write_chunk(chunk).await.is_err() {
-                            return HalfEnd::Reset;
-                        }
-                    }
-                    Err(_) => return HalfEnd::Reset,
-                }
-            }
-        };
-        let down = async {
-            loop {
-                match recv.read_chunk(256 * 1024, true).await {
-                    Ok(Some(chunk)) => {
-                        down_counter.fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
-                        if local_write.write_all(&chunk.bytes).await.is_err() {
-                            return HalfEnd::Reset;
-                        }
-                    }
-                    Ok(None) => {
-                        let _ = local_write.shutdown().await;
-                        return HalfEnd::Finished;
-                    }
-                    Err(_) => return HalfEnd::Reset,
-                }
-            }
-        };
-        tokio::pin!(up, down);
-        let (mut up_done, mut down_done) = (false, false);
-        loop {
-            tokio::select! {
-                end = &mut up, if !up_done => match end {
-                    HalfEnd::Finished => up_done = true,
-                    HalfEnd::Reset => break true,
-                },
-                end = &mut down, if !down_done => match end {
-                    HalfEnd::Finished => down_done = true,
-                    HalfEnd::Reset => break true,
-                },
-            }
-            if up_done && down_done {
-                break false;
-            }
-        }
-    };
-    if reset {
-        counters.errors_total.fetch_add(1, Ordering::Relaxed);
-        let _ = send.reset(VarInt::from_u32(stream_error::CONNECTION_RESET));
-        let _ = recv.stop(VarInt::from_u32(stream_error::CONNECTION_RESET));
-        Some((local_read, local_write))
-    } else {
-        // Hold the connection slot until the peer has read everything (bounded: a peer that
-        // never reads is cut off by the idle timeout of its connection anyway).
-        let _ = tokio::time::timeout(Duration::from_secs(30), send.stopped()).await;
-        None
-    }
-}
-
-/// Pumps an opened service stream to a local client connection.
-pub async fn pump_client(tcp: TcpStream, stream: ServiceStream) {
-    let _ = tcp.set_nodelay(true);
-    let (tcp_read, tcp_write) = tcp.into_split();
-    if let Some((tcp_read, tcp_write)) = pump_client_streams(tcp_read, tcp_write, stream).await {
-        if let Ok(tcp) = tcp_read.reunite(tcp_write) {
-            let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
-        }
-    }
-}
-
-/// Pumps an opened service stream to any local byte stream; returns its halves if the
-/// connection was reset (for the caller to reset the local side).
-pub async fn pump_client_streams<R, W>(read: R, write: W, stream: ServiceStream) -> Option<(R, W)>
-where
-    R: tokio::io::AsyncRead + Unpin,
-    W: tokio::io::AsyncWrite + Unpin,
-{
-    let ServiceStream {
-        send,
-        recv,
-        counters,
-        permit,
-    } = stream;
-    let _active = counters.open();
-    let result = pump_streams(read, write, send, recv, &counters, Direction::Proxied).await;
-    drop(permit);
-    result
 }
 
 /// A peer book built from the config alone (no network): for resolving names without a daemon.
