@@ -718,3 +718,158 @@ fn max_peers_is_enforced() {
     assert_eq!(echo_roundtrip(beta_listen, b"again"), b"again");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A server that answers every connection with `name` and closes; dropping the returned
+/// listener handle stops it (later connections are refused).
+fn whoami_server(name: &'static str) -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            if stopped.load(Ordering::SeqCst) {
+                // Refuse from now on: the listener closes when this thread ends.
+                return;
+            }
+            if let Ok(mut stream) = stream {
+                let _ = stream.write_all(name.as_bytes());
+            }
+        }
+    });
+    (port, stop)
+}
+
+fn ask_whoami(addr: SocketAddr) -> Result<String, String> {
+    let mut stream = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    stream.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    if out.is_empty() {
+        return Err("empty answer (connection reset or closed)".into());
+    }
+    Ok(out)
+}
+
+#[test]
+fn roles_are_replicated_balanced_and_fail_over() {
+    let dir = tempdir("roles");
+    let (p1, stop1) = whoami_server("couch-a");
+    let (p2, _stop2) = whoami_server("couch-g3");
+    let (p3, _stop3) = whoami_server("couch-g4");
+    let fast = "\n[registry]\nlease = \"3s\"\nheartbeat = \"1s\"\nhealth_interval = \"1s\"\nbalance = \"round-robin\"\n";
+    let (alpha_port, gamma_port) = (free_udp_port(), free_udp_port());
+    let write = |me: &NodeDef, port, peers: &[(&NodeDef, Option<u16>)], services: &str| {
+        let path = write_config(&dir, me, port, peers, services);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str(fast);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    // alpha and gamma authorize each other but neither dials the other (no addresses); beta
+    // dials both. Replication between alpha and gamma goes through beta.
+    let alpha_config = write(
+        &ALPHA,
+        alpha_port,
+        &[(&BETA, None), (&GAMMA, None)],
+        &format!("[services.couch]\ntarget = \"/tcp/{p1}\"\nrole = \"couchdb@3.2.2\"\n"),
+    );
+    let gamma_config = write(
+        &GAMMA,
+        gamma_port,
+        &[(&BETA, None), (&ALPHA, None)],
+        &format!(
+            "[services.couch]\ntarget = \"/tcp/{p2}\"\nrole = \"couchdb@3.4.0\"\n\
+             [services.couch4]\ntarget = \"/tcp/{p3}\"\nrole = \"couchdb@4.0.0\"\n"
+        ),
+    );
+    let beta_port = free_udp_port();
+    let beta_config = write(
+        &BETA,
+        beta_port,
+        &[(&ALPHA, Some(alpha_port)), (&GAMMA, Some(gamma_port))],
+        "",
+    );
+    let _alpha = daemon(&alpha_config);
+    let gamma = daemon(&gamma_config);
+    let _beta = daemon(&beta_config);
+    let instances = |config: &Path| -> Vec<(String, String, bool)> {
+        let out = Command::new(BIN)
+            .args(["services", "--json", "--config", config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+            return Vec::new();
+        };
+        let mut rows: Vec<_> = v["instances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|i| {
+                (
+                    i["node"].as_str().unwrap_or("").to_string(),
+                    i["version"].as_str().unwrap_or("").to_string(),
+                    i["healthy"].as_bool().unwrap_or(false),
+                )
+            })
+            .collect();
+        rows.sort();
+        rows
+    };
+    // Every node holds the full replica, alpha's included (relayed by beta).
+    wait_until("alpha sees gamma's instances", Duration::from_secs(15), || {
+        instances(&alpha_config).len() == 3
+    });
+    wait_until("beta sees all instances", Duration::from_secs(15), || {
+        instances(&beta_config).len() == 3
+    });
+
+    // A role proxy on beta (run by beta's daemon): ^3.1 balances over both 3.x instances, never 4.
+    let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, free_tcp_port()));
+    let _proxy = proxy(&beta_config, "couchdb@^3.1", listen);
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..10 {
+        *seen.entry(ask_whoami(listen).unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        seen.keys().cloned().collect::<Vec<_>>(),
+        vec!["couch-a".to_string(), "couch-g3".to_string()],
+        "{seen:?}"
+    );
+    // Round robin spreads them (its exact rotation is a unit test of the core's balancer; here
+    // a replica update between picks may restart the cursor).
+    assert!(seen.values().all(|n| *n >= 3), "round robin spreads: {seen:?}");
+
+    // Role names resolve to the stable role address.
+    let out = Command::new(BIN)
+        .args(["resolve", "v3.couchdb.role", "--config", beta_config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let expected = svcnet_core::addressing::NetworkPrefix::derive("svcnet").role_address(
+        &svcnet_core::addressing::RoleName::parse("couchdb").unwrap(),
+        Some(svcnet_core::addressing::VersionLabel { major: 3, minor: None }),
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), expected.to_string());
+
+    // alpha's target stops: every connection still succeeds (failover before the client
+    // notices), and alpha's health check soon marks it unhealthy.
+    stop1.store(true, Ordering::SeqCst);
+    let _ = TcpStream::connect(("127.0.0.1", p1)); // wakes the accept loop so it exits
+    for i in 0..10 {
+        assert_eq!(ask_whoami(listen), Ok("couch-g3".to_string()), "connection {i}");
+    }
+    wait_until("alpha's instance is unhealthy at beta", Duration::from_secs(10), || {
+        instances(&beta_config)
+            .iter()
+            .any(|(node, _, healthy)| node == "alpha" && !healthy)
+    });
+
+    // gamma crashes (no withdrawal): its instances expire after the lease.
+    drop(gamma);
+    wait_until("gamma's instances expire at beta", Duration::from_secs(15), || {
+        instances(&beta_config).iter().all(|(node, _, _)| node != "gamma")
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
