@@ -819,9 +819,11 @@ fn roles_are_replicated_balanced_and_fail_over() {
         rows
     };
     // Every node holds the full replica, alpha's included (relayed by beta).
-    wait_until("alpha sees gamma's instances", Duration::from_secs(15), || {
-        instances(&alpha_config).len() == 3
-    });
+    wait_until(
+        "alpha sees gamma's instances",
+        Duration::from_secs(15),
+        || instances(&alpha_config).len() == 3,
+    );
     wait_until("beta sees all instances", Duration::from_secs(15), || {
         instances(&beta_config).len() == 3
     });
@@ -840,36 +842,64 @@ fn roles_are_replicated_balanced_and_fail_over() {
     );
     // Round robin spreads them (its exact rotation is a unit test of the core's balancer; here
     // a replica update between picks may restart the cursor).
-    assert!(seen.values().all(|n| *n >= 3), "round robin spreads: {seen:?}");
+    assert!(
+        seen.values().all(|n| *n >= 3),
+        "round robin spreads: {seen:?}"
+    );
 
     // Role names resolve to the stable role address.
     let out = Command::new(BIN)
-        .args(["resolve", "v3.couchdb.role", "--config", beta_config.to_str().unwrap()])
+        .args([
+            "resolve",
+            "v3.couchdb.role",
+            "--config",
+            beta_config.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     let expected = svcnet_core::addressing::NetworkPrefix::derive("svcnet").role_address(
         &svcnet_core::addressing::RoleName::parse("couchdb").unwrap(),
-        Some(svcnet_core::addressing::VersionLabel { major: 3, minor: None }),
+        Some(svcnet_core::addressing::VersionLabel {
+            major: 3,
+            minor: None,
+        }),
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), expected.to_string());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        expected.to_string()
+    );
 
     // alpha's target stops: every connection still succeeds (failover before the client
     // notices), and alpha's health check soon marks it unhealthy.
     stop1.store(true, Ordering::SeqCst);
     let _ = TcpStream::connect(("127.0.0.1", p1)); // wakes the accept loop so it exits
     for i in 0..10 {
-        assert_eq!(ask_whoami(listen), Ok("couch-g3".to_string()), "connection {i}");
+        assert_eq!(
+            ask_whoami(listen),
+            Ok("couch-g3".to_string()),
+            "connection {i}"
+        );
     }
-    wait_until("alpha's instance is unhealthy at beta", Duration::from_secs(10), || {
-        instances(&beta_config)
-            .iter()
-            .any(|(node, _, healthy)| node == "alpha" && !healthy)
-    });
+    wait_until(
+        "alpha's instance is unhealthy at beta",
+        Duration::from_secs(10),
+        || {
+            instances(&beta_config)
+                .iter()
+                .any(|(node, _, healthy)| node == "alpha" && !healthy)
+        },
+    );
 
     // gamma crashes (no withdrawal): its instances expire after the lease.
     drop(gamma);
-    wait_until("gamma's instances expire at beta", Duration::from_secs(15), || {
-        instances(&beta_config).iter().all(|(node, _, _)| node != "gamma")
-    });
+    wait_until(
+        "gamma's instances expire at beta",
+        Duration::from_secs(15),
+        || {
+            instances(&beta_config)
+                .iter()
+                .all(|(node, _, _)| node != "gamma")
+        },
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

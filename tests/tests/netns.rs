@@ -81,7 +81,12 @@ fn curl_by_name_between_namespaces() {
     };
     http(&mut lab);
 
-    let alpha_cfg = lab.write_config(0, &alpha, &[(&beta, 1)], "web = \"/tcp/8080\"");
+    let alpha_cfg = lab.write_config(
+        0,
+        &alpha,
+        &[(&beta, 1)],
+        "[services.web]\ntarget = \"/tcp/8080\"\nrole = \"www@1.2.0\"",
+    );
     let beta_cfg = lab.write_config(1, &beta, &[(&alpha, 0)], "");
     let gamma_cfg = lab.write_config(2, &gamma, &[(&alpha, 0)], "");
     lab.start_daemon(0, "alpha", &alpha_cfg);
@@ -122,6 +127,20 @@ fn curl_by_name_between_namespaces() {
         "port-on-demand: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // The same service as a role instance: by role name (any version) and by version label.
+    for url in [
+        "http://www.role.svcnet/",
+        "http://v1.www.role.svcnet/",
+        "http://v1-2.www.role.svcnet/",
+    ] {
+        Lab::wait_until(&format!("{url} works"), Duration::from_secs(10), || {
+            let out = curl(&lab, 1, url, 3);
+            out.status.success() && out.stdout == b"hello from alpha\n"
+        });
+    }
+    let err = resolve(&lab, 1, "v2.www.role.svcnet").unwrap_err();
+    assert!(err.contains("not known"), "no 2.x instance: {err}");
 
     // 200 parallel connections.
     let urls: Vec<String> = (0..200)
