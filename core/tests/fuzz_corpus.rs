@@ -91,7 +91,7 @@ fn regenerate_registry_merge_corpus() {
                     &[0xff; 32],
                     &[(peer.node_id(), ann(9, true).stamp)],
                 ),
-                encode_request(&[own.node_id(), peer.node_id()]),
+                encode_request(&[own.node_id().to_bytes(), peer.node_id().to_bytes()]),
             ]),
         ),
         (

@@ -366,3 +366,31 @@ fn events_report_health_checks_and_instance_changes() {
         .iter()
         .any(|(_, i, e)| *i == 1 && matches!(e, RegistryEvent::MemberUp(id) if *id == net.ids[0])));
 }
+
+/// A hundred nodes, each linked to two others (routed): everything converges at once and
+/// heartbeats keep all of it alive past more than one lease, with 2 % loss.
+#[test]
+fn a_hundred_nodes_converge_and_stay_converged() {
+    let n = 100;
+    let mut net = Net::new(n, RegistryConfig::default(), 37);
+    net.routed = true;
+    net.loss_per_mille = 20;
+    for i in 0..n {
+        net.connect(i, (i + 1) % n);
+        net.connect(i, (i * 7 + 3) % n);
+    }
+    for i in 0..n {
+        net.set_instances(i, vec![instance("web", &format!("web@1.0.{i}"))]);
+    }
+    let full = |net: &Net| net.same_instances() && net.nodes[0].instances().len() == n;
+    let took = net
+        .run_until_true(Duration::from_secs(20), full)
+        .expect("100 nodes did not converge");
+    assert!(took <= Duration::from_secs(2), "took {took:?}");
+    net.run_for(Duration::from_secs(40));
+    assert!(full(&net));
+    assert!(!net.events.iter().any(|(_, _, e)| matches!(
+        e,
+        RegistryEvent::InstanceRemoved { .. } | RegistryEvent::MemberDown(_)
+    )));
+}

@@ -666,7 +666,7 @@ impl Registry {
         let lease = Duration::from_millis(u64::from(announcement.lease_ms));
         let offer = self.replica.offer(announcement, bytes.clone(), lease, now);
         self.report_offer(offer);
-        lock(&self.shared).seen.insert(self.own, stamp);
+        lock(&self.shared).seen.insert(self.own.to_bytes(), stamp);
         self.membership.add_broadcast(&bytes);
         if push {
             let remaining = millis(lease);
@@ -786,7 +786,7 @@ impl Registry {
         match offer {
             Offer::Accepted { .. } => {
                 self.stats.accepted += 1;
-                lock(&self.shared).seen.insert(origin, stamp);
+                lock(&self.shared).seen.insert(origin.to_bytes(), stamp);
             }
             Offer::Full => self.stats.replica_full += 1,
             Offer::Stale => {}
@@ -883,24 +883,25 @@ impl Registry {
         peer: NodeId,
         lo: &[u8; 32],
         hi: &[u8; 32],
-        theirs: &[(NodeId, Stamp)],
+        theirs: &[([u8; 32], Stamp)],
         now: Instant,
     ) {
-        let theirs_map: BTreeMap<NodeId, Stamp> = theirs.iter().copied().collect();
-        let newer_here: Vec<NodeId> = self
+        let theirs_map: BTreeMap<[u8; 32], Stamp> = theirs.iter().copied().collect();
+        let newer_here: Vec<[u8; 32]> = self
             .replica
             .digest(lo, hi)
             .into_iter()
-            .filter(|(o, s)| theirs_map.get(o).is_none_or(|t| t < s))
-            .map(|(o, _)| o)
+            .filter(|(o, s)| theirs_map.get(o.as_bytes()).is_none_or(|t| t < s))
+            .map(|(o, _)| o.to_bytes())
             .collect();
         self.send_delta(peer, &newer_here, now);
+        let own = self.own.to_bytes();
         let shared = lock(&self.shared);
-        let allowed = |o: &NodeId| shared.authorized.as_ref().is_none_or(|set| set.contains(o));
-        let wanted: Vec<NodeId> = theirs_map
+        let allowed = |o: &[u8; 32]| shared.authorized.as_ref().is_none_or(|set| set.contains(o));
+        let wanted: Vec<[u8; 32]> = theirs_map
             .iter()
             .filter(|(o, t)| {
-                **o != self.own && allowed(o) && self.replica.stamp(o).is_none_or(|s| s < **t)
+                **o != own && allowed(o) && self.replica.stamp(*o).is_none_or(|s| s < **t)
             })
             .map(|(o, _)| *o)
             .collect();
@@ -914,7 +915,7 @@ impl Registry {
 
     /// Sends the live announcements of `origins` to `peer`, in as many messages as the size
     /// limit needs.
-    fn send_delta(&mut self, peer: NodeId, origins: &[NodeId], now: Instant) {
+    fn send_delta(&mut self, peer: NodeId, origins: &[[u8; 32]], now: Instant) {
         let limit = self.config.max_message_bytes;
         let mut batch: Vec<(u32, Vec<u8>)> = Vec::new();
         let mut size = message::DELTA_HEADER_LEN;
@@ -971,7 +972,8 @@ impl Registry {
                 });
             }
         }
-        for (_, keys) in self.replica.handle_timeout(now) {
+        let expiry = self.replica.handle_timeout(now);
+        for (_, keys) in expiry.expired {
             for key in keys {
                 self.balancer.forget(&key);
                 self.events.push_back(RegistryEvent::InstanceRemoved {
@@ -980,12 +982,12 @@ impl Registry {
                 });
             }
         }
-        {
-            // Forget the stamps of tombstones the replica dropped.
-            let replica = &self.replica;
-            lock(&self.shared)
-                .seen
-                .retain(|origin, _| replica.stamp(origin).is_some());
+        if !expiry.forgotten.is_empty() {
+            // The replica no longer remembers these origins; neither does the freshness check.
+            let mut shared = lock(&self.shared);
+            for origin in &expiry.forgotten {
+                shared.seen.remove(origin.as_bytes());
+            }
         }
         self.balancer.handle_timeout(now);
         self.pump(now);

@@ -12,7 +12,8 @@
 //! Nothing here checks signatures: callers insert only what [`super::announce::Announcement::verify`]
 //! accepted. Maps are `BTreeMap`s, so every listing is in a fixed order.
 
-use std::collections::BTreeMap;
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::addressing::{RoleName, ServiceName};
@@ -87,6 +88,14 @@ enum Slot {
 }
 
 impl Slot {
+    /// When the slot next needs attention: the lease's end, or the tombstone's.
+    fn deadline(&self) -> Instant {
+        match self {
+            Slot::Live(e) => e.expires_at,
+            Slot::Tombstone { until, .. } => *until,
+        }
+    }
+
     fn stamp(&self) -> Stamp {
         match self {
             Slot::Live(e) => e.announcement.stamp,
@@ -114,6 +123,15 @@ pub enum Offer {
     Full,
 }
 
+/// What [`Replica::handle_timeout`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Expiry {
+    /// Origins whose lease ran out, with the instance keys that disappeared.
+    pub expired: Vec<(NodeId, Vec<InstanceKey>)>,
+    /// Origins whose tombstone was dropped: nothing is remembered about them any more.
+    pub forgotten: Vec<NodeId>,
+}
+
 /// Digest line: an origin and the stamp held for it.
 pub type DigestEntry = (NodeId, Stamp);
 
@@ -121,6 +139,9 @@ pub type DigestEntry = (NodeId, Stamp);
 #[derive(Clone, Debug)]
 pub struct Replica {
     slots: BTreeMap<NodeId, Slot>,
+    /// `(deadline, origin)` of every slot, so that the next deadline is found without a scan
+    /// (`poll_timeout` runs after every event, and a replica may hold thousands of origins).
+    deadlines: BTreeSet<(Instant, NodeId)>,
     max_origins: usize,
     tombstone_for: Duration,
 }
@@ -131,6 +152,7 @@ impl Replica {
     pub fn new(max_origins: usize, tombstone_for: Duration) -> Replica {
         Replica {
             slots: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
             max_origins,
             tombstone_for,
         }
@@ -170,15 +192,16 @@ impl Replica {
             .cloned()
             .collect();
         // A node that announces again is evidently alive: clear a stale "down" mark.
-        self.slots.insert(
-            origin,
-            Slot::Live(Entry {
-                announcement,
-                bytes,
-                expires_at: now + lease,
-                down: false,
-            }),
-        );
+        let slot = Slot::Live(Entry {
+            announcement,
+            bytes,
+            expires_at: now + lease,
+            down: false,
+        });
+        self.deadlines.insert((slot.deadline(), origin));
+        if let Some(old) = self.slots.insert(origin, slot) {
+            self.deadlines.remove(&(old.deadline(), origin));
+        }
         Offer::Accepted {
             added,
             removed,
@@ -186,8 +209,12 @@ impl Replica {
         }
     }
 
-    /// The stamp held for `origin` (live or tombstone).
-    pub fn stamp(&self, origin: &NodeId) -> Option<Stamp> {
+    /// The stamp held for `origin` (live or tombstone); `origin` is a node id or its raw bytes.
+    pub fn stamp<K>(&self, origin: &K) -> Option<Stamp>
+    where
+        K: Ord + ?Sized,
+        NodeId: Borrow<K>,
+    {
         self.slots.get(origin).map(Slot::stamp)
     }
 
@@ -200,7 +227,11 @@ impl Replica {
     }
 
     /// The signed bytes of `origin`'s live announcement and how much of its lease is left.
-    pub fn signed(&self, origin: &NodeId, now: Instant) -> Option<(&[u8], Duration)> {
+    pub fn signed<K>(&self, origin: &K, now: Instant) -> Option<(&[u8], Duration)>
+    where
+        K: Ord + ?Sized,
+        NodeId: Borrow<K>,
+    {
         match self.slots.get(origin) {
             Some(Slot::Live(e)) => Some((&e.bytes, e.expires_at.saturating_duration_since(now))),
             _ => None,
@@ -223,35 +254,36 @@ impl Replica {
         matches!(self.slots.get(origin), Some(Slot::Live(e)) if e.down)
     }
 
-    /// Expires leases that ran out by `now` and forgets old tombstones. Returns the instance keys
-    /// that disappeared, by origin.
-    pub fn handle_timeout(&mut self, now: Instant) -> Vec<(NodeId, Vec<InstanceKey>)> {
+    /// Expires leases that ran out by `now` and forgets old tombstones.
+    pub fn handle_timeout(&mut self, now: Instant) -> Expiry {
         let mut expired = Vec::new();
-        let tombstone_for = self.tombstone_for;
-        self.slots.retain(|origin, slot| match slot {
-            Slot::Live(e) if e.expires_at <= now => {
-                expired.push((*origin, keys(*origin, &e.announcement.instances)));
-                *slot = Slot::Tombstone {
-                    stamp: e.announcement.stamp,
-                    until: now + tombstone_for,
-                };
-                true
+        let mut forgotten = Vec::new();
+        while let Some(&(at, origin)) = self.deadlines.first() {
+            if at > now {
+                break;
             }
-            Slot::Tombstone { until, .. } => *until > now,
-            Slot::Live(_) => true,
-        });
-        expired
+            self.deadlines.pop_first();
+            match self.slots.remove(&origin) {
+                Some(Slot::Live(e)) => {
+                    expired.push((origin, keys(origin, &e.announcement.instances)));
+                    let tomb = Slot::Tombstone {
+                        stamp: e.announcement.stamp,
+                        until: now + self.tombstone_for,
+                    };
+                    self.deadlines.insert((tomb.deadline(), origin));
+                    self.slots.insert(origin, tomb);
+                }
+                // A tombstone past its time is forgotten.
+                Some(Slot::Tombstone { .. }) => forgotten.push(origin),
+                None => {}
+            }
+        }
+        Expiry { expired, forgotten }
     }
 
     /// The next instant at which [`Replica::handle_timeout`] has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.slots
-            .values()
-            .map(|s| match s {
-                Slot::Live(e) => e.expires_at,
-                Slot::Tombstone { until, .. } => *until,
-            })
-            .min()
+        self.deadlines.first().map(|(at, _)| *at)
     }
 
     /// Healthy instances of `role` whose version is in `req`, from origins whose lease has not
