@@ -43,14 +43,14 @@ pub mod replica;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::num::{NonZeroU8, NonZeroUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use foca::OwnedNotification;
 
-use crate::addressing::{RoleName, ServiceName};
+use crate::addressing::{NetworkPrefix, RoleName, ServiceName, VersionLabel};
 use crate::identity::{NodeId, NodeKey};
 use crate::time::Instant;
 
@@ -61,6 +61,7 @@ pub use foca;
 pub use announce::{AnnounceError, Announcement, InstanceSpec, Stamp};
 pub use balance::Strategy;
 pub use membership::RejectCounts;
+pub use range_label::RoleTarget;
 pub use replica::{Instance, InstanceKey};
 
 use announce::DecodeLimits;
@@ -409,6 +410,9 @@ pub struct Registry {
     anti_entropy_cursor: usize,
     withdrawn: bool,
     stats: RegistryStats,
+    /// Role addresses of every (role, label) some held instance answers to, for the prefix
+    /// they were computed in; dropped whenever the replica's instances change.
+    role_index: Option<(NetworkPrefix, BTreeMap<Ipv6Addr, RoleTarget>)>,
 }
 
 impl fmt::Debug for Registry {
@@ -467,6 +471,7 @@ impl Registry {
             anti_entropy_cursor: 0,
             withdrawn: false,
             stats: RegistryStats::default(),
+            role_index: None,
             config,
         }
     }
@@ -801,6 +806,9 @@ impl Registry {
     }
 
     fn report_offer(&mut self, offer: Offer) {
+        if let Offer::Accepted { changed: true, .. } = offer {
+            self.role_index = None;
+        }
         if let Offer::Accepted { added, removed, .. } = offer {
             for key in removed {
                 self.balancer.forget(&key);
@@ -973,6 +981,9 @@ impl Registry {
             }
         }
         let expiry = self.replica.handle_timeout(now);
+        if !expiry.expired.is_empty() {
+            self.role_index = None;
+        }
         for (_, keys) in expiry.expired {
             for key in keys {
                 self.balancer.forget(&key);
@@ -1031,6 +1042,53 @@ impl Registry {
     /// Every instance held, whatever its health (status displays, `/list`).
     pub fn instances(&self) -> Vec<Instance> {
         self.replica.all_instances()
+    }
+
+    /// The address of role name `role` with `label` in the network `prefix`, if some instance
+    /// held (healthy or not: an address should not come and go with health) answers to it;
+    /// `None` means NXDOMAIN.
+    pub fn resolve_role(
+        &mut self,
+        prefix: &NetworkPrefix,
+        role: &RoleName,
+        label: Option<VersionLabel>,
+    ) -> Option<Ipv6Addr> {
+        let address = prefix.role_address(role, label);
+        self.role_at(prefix, address).map(|_| address)
+    }
+
+    /// What a role address (the destination of a client's SYN) stands for, if it is the address
+    /// of a (role, label) that some held instance answers to. Balance the connection with
+    /// `pick(&target.role, &target.req(), …)`.
+    pub fn role_at(&mut self, prefix: &NetworkPrefix, address: Ipv6Addr) -> Option<RoleTarget> {
+        if self.role_index.as_ref().is_none_or(|(p, _)| p != prefix) {
+            let mut index = BTreeMap::new();
+            for instance in self.replica.all_instances() {
+                for label in range_label::labels_for(&instance.version) {
+                    index
+                        .entry(prefix.role_address(&instance.role, label))
+                        .or_insert_with(|| RoleTarget {
+                            role: instance.role.clone(),
+                            label,
+                        });
+                }
+            }
+            self.role_index = Some((*prefix, index));
+        }
+        self.role_index
+            .as_ref()
+            .and_then(|(_, index)| index.get(&address).cloned())
+    }
+
+    /// Every role address currently answered to, with its meaning (for status and DNS zone
+    /// listings).
+    pub fn role_addresses(&mut self, prefix: &NetworkPrefix) -> Vec<(Ipv6Addr, RoleTarget)> {
+        // Fills the index.
+        let _ = self.role_at(prefix, Ipv6Addr::UNSPECIFIED);
+        self.role_index
+            .as_ref()
+            .map(|(_, index)| index.iter().map(|(a, t)| (*a, t.clone())).collect())
+            .unwrap_or_default()
     }
 
     /// Chooses an instance for a new connection with the configured strategy: see
