@@ -541,21 +541,64 @@ impl Membership {
         }
     }
 
-    /// A packet from `from` (authenticated by the transport).
+    /// A packet from `from` (authenticated by the transport). Membership updates about nodes
+    /// for which `keep` is false are removed before foca sees the packet (see
+    /// [`SwimScope::Connected`](super::SwimScope::Connected)); updates about ourselves are
+    /// always kept, so that we can refute suspicions.
     pub fn handle_data(
         &mut self,
         from: NodeId,
         data: &[u8],
         now: Instant,
+        keep: &dyn Fn(&NodeId) -> bool,
     ) -> Result<(), SwimError> {
+        let mut rest = data;
         let header = self
             .sender_codec
-            .decode_header(data)
+            .decode_header(&mut rest)
             .map_err(SwimError::Codec)?;
         if header.src.node != from {
             return Err(SwimError::WrongSender);
         }
-        let result = self.foca.handle_data(data, &mut self.outbox);
+        let own = self.foca.identity().node;
+        // foca's framing: header ‖ [count u16 ‖ members] ‖ custom broadcasts, the member list
+        // present whenever at least two bytes follow a message other than Broadcast.
+        let filtered;
+        let packet = if header.message != Message::Broadcast && rest.len() >= 2 {
+            let header_len = data.len() - rest.len();
+            let count = rest.get_u16();
+            let mut kept = Vec::new();
+            let mut dropped = false;
+            for _ in 0..count {
+                let member = self
+                    .sender_codec
+                    .decode_member(&mut rest)
+                    .map_err(SwimError::Codec)?;
+                if member.id().node == own || keep(&member.id().node) {
+                    kept.push(member);
+                } else {
+                    dropped = true;
+                }
+            }
+            if dropped {
+                let mut out = Vec::with_capacity(data.len());
+                out.extend_from_slice(&data[..header_len]);
+                out.put_u16(kept.len() as u16);
+                for member in &kept {
+                    self.sender_codec
+                        .encode_member(member, &mut out)
+                        .map_err(SwimError::Codec)?;
+                }
+                out.extend_from_slice(rest);
+                filtered = out;
+                &filtered[..]
+            } else {
+                data
+            }
+        } else {
+            data
+        };
+        let result = self.foca.handle_data(packet, &mut self.outbox);
         self.absorb_timers(now);
         result.map_err(SwimError::Foca)
     }

@@ -62,6 +62,7 @@ pub use announce::{AnnounceError, Announcement, InstanceSpec, Stamp};
 pub use balance::Strategy;
 pub use membership::RejectCounts;
 pub use range_label::RoleTarget;
+
 pub use replica::{Instance, InstanceKey};
 
 use announce::DecodeLimits;
@@ -107,6 +108,8 @@ pub struct RegistryConfig {
     pub open_membership: bool,
     /// Seed of every random choice (SWIM member selection, power-of-two draws).
     pub seed: u64,
+    /// Which nodes SWIM probes and tracks. Default [`SwimScope::Connected`].
+    pub swim_scope: SwimScope,
     /// SWIM settings (foca's own type; see the foca docs). The default is tuned for a LAN or a
     /// small WAN: 1 s probes, 3 s to declare a suspect down, periodic gossip and announces so
     /// that partitions heal, packets up to 64 000 bytes (the control stream is reliable, so
@@ -171,6 +174,7 @@ impl Default for RegistryConfig {
             strategy: Strategy::PowerOfTwo,
             open_membership: false,
             seed: 0,
+            swim_scope: SwimScope::Connected,
             swim: default_swim_config(),
         }
     }
@@ -247,6 +251,22 @@ pub fn default_swim_config() -> foca::Config {
     c.periodic_announce = Some(every(30, 1));
     c.periodic_announce_to_down_members = Some(every(5, 2));
     c
+}
+
+/// Which nodes SWIM probes and tracks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SwimScope {
+    /// Only directly connected peers: membership updates about other nodes are dropped on
+    /// receipt. SWIM then detects failures of neighbours and its gossip carries announcements
+    /// hop by hop over the links; nodes further away are covered by leases and failover. Right
+    /// when the frontend cannot deliver to nodes it has no connection to: there, SWIM would
+    /// probe unreachable members, declare them down and churn (measured: about ten false
+    /// "down" per node per minute in a sparse 30-node topology).
+    #[default]
+    Connected,
+    /// Every member: the frontend delivers packets to any node (full mesh, or routing through
+    /// relays), so SWIM detects the failure of any node within seconds.
+    Everyone,
 }
 
 /// One service instance this node offers.
@@ -715,7 +735,11 @@ impl Registry {
         };
         let result = match decoded {
             message::Message::Swim(packet) => {
-                self.membership.handle_data(from, packet, now).map_err(|e| {
+                let connected = &self.connected;
+                let scope = self.config.swim_scope;
+                let keep = |id: &NodeId| scope == SwimScope::Everyone || connected.contains(id);
+                let result = self.membership.handle_data(from, packet, now, &keep);
+                result.map_err(|e| {
                     self.stats.swim_errors += 1;
                     RegistryError::Swim(e)
                 })
