@@ -379,6 +379,13 @@ fn unhealthy_instances_are_never_picked() {
     }
     r.handle_health_result(&s1, true, T0);
     assert_eq!(r.lookup(&role("api"), &req("*")).len(), 3);
+    // Status views.
+    let local = r.local_instances();
+    assert_eq!(local.len(), 3);
+    assert!(local.iter().all(|(_, healthy)| *healthy));
+    let k = key_of(&r, "s1");
+    assert_eq!(r.instance(&k).map(|i| i.service), Some(k.service.clone()));
+    assert_eq!(r.instance(&key_of(&r, "nope")), None);
 }
 
 #[test]

@@ -1068,6 +1068,20 @@ impl Registry {
         self.replica.all_instances()
     }
 
+    /// The instance `key` if the replica holds it (whatever its health): an `/instance/` proxy
+    /// must dial only instances some node announced — the seed's proxy dialed any key.
+    pub fn instance(&self, key: &InstanceKey) -> Option<Instance> {
+        self.replica.instance(key)
+    }
+
+    /// This node's own instances with their current health verdicts (for status).
+    pub fn local_instances(&self) -> Vec<(LocalInstance, bool)> {
+        self.local
+            .values()
+            .map(|s| (s.spec.clone(), s.healthy))
+            .collect()
+    }
+
     /// The address of role name `role` with `label` in the network `prefix`, if some instance
     /// held (healthy or not: an address should not come and go with health) answers to it;
     /// `None` means NXDOMAIN.
