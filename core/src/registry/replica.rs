@@ -142,6 +142,9 @@ pub struct Replica {
     /// `(deadline, origin)` of every slot, so that the next deadline is found without a scan
     /// (`poll_timeout` runs after every event, and a replica may hold thousands of origins).
     deadlines: BTreeSet<(Instant, NodeId)>,
+    /// Origins with at least one instance of each role, so that a lookup (one per proxied
+    /// connection) visits only the announcements that can answer it.
+    by_role: BTreeMap<RoleName, BTreeSet<NodeId>>,
     max_origins: usize,
     tombstone_for: Duration,
 }
@@ -153,6 +156,7 @@ impl Replica {
         Replica {
             slots: BTreeMap::new(),
             deadlines: BTreeSet::new(),
+            by_role: BTreeMap::new(),
             max_origins,
             tombstone_for,
         }
@@ -198,9 +202,25 @@ impl Replica {
             expires_at: now + lease,
             down: false,
         });
+        let roles: Vec<RoleName> = match &slot {
+            Slot::Live(e) => e
+                .announcement
+                .instances
+                .iter()
+                .map(|i| i.role.clone())
+                .collect(),
+            Slot::Tombstone { .. } => Vec::new(),
+        };
         self.deadlines.insert((slot.deadline(), origin));
         if let Some(old) = self.slots.insert(origin, slot) {
             self.deadlines.remove(&(old.deadline(), origin));
+            if let Slot::Live(e) = old {
+                self.unindex(origin, &e.announcement.instances);
+            }
+        }
+        // Index after unindexing the old announcement: roles it shares with the new one stay.
+        for role in roles {
+            self.by_role.entry(role).or_default().insert(origin);
         }
         Offer::Accepted {
             added,
@@ -265,6 +285,7 @@ impl Replica {
             self.deadlines.pop_first();
             match self.slots.remove(&origin) {
                 Some(Slot::Live(e)) => {
+                    self.unindex(origin, &e.announcement.instances);
                     expired.push((origin, keys(origin, &e.announcement.instances)));
                     let tomb = Slot::Tombstone {
                         stamp: e.announcement.stamp,
@@ -290,7 +311,15 @@ impl Replica {
     /// run out, ordered by (origin, service). (Origins SWIM declared down are still listed:
     /// balancing avoids them, see [`Replica::is_down`].)
     pub fn lookup(&self, role: &RoleName, req: &semver::VersionReq) -> Vec<Instance> {
-        self.live()
+        let Some(origins) = self.by_role.get(role) else {
+            return Vec::new();
+        };
+        let mut found: Vec<Instance> = origins
+            .iter()
+            .filter_map(|o| match self.slots.get(o) {
+                Some(Slot::Live(e)) => Some(e),
+                _ => None,
+            })
             .flat_map(|e| {
                 e.announcement
                     .instances
@@ -298,20 +327,38 @@ impl Replica {
                     .filter(|i| i.healthy && &i.role == role && req.matches(&i.version))
                     .map(|i| Instance::from_spec(e.announcement.origin, i))
             })
-            .collect()
+            .collect();
+        // Announcements list instances in the origin's order; sort within each origin.
+        found.sort_by(|a, b| (a.origin, &a.service).cmp(&(b.origin, &b.service)));
+        found
+    }
+
+    /// Removes `origin`'s instances from the role index.
+    fn unindex(&mut self, origin: NodeId, instances: &[InstanceSpec]) {
+        for i in instances {
+            if let Some(set) = self.by_role.get_mut(&i.role) {
+                set.remove(&origin);
+                if set.is_empty() {
+                    self.by_role.remove(&i.role);
+                }
+            }
+        }
     }
 
     /// Every instance held (healthy or not, down or not), ordered by (origin, service): for
     /// status displays and `/list`.
     pub fn all_instances(&self) -> Vec<Instance> {
-        self.live()
+        let mut all: Vec<Instance> = self
+            .live()
             .flat_map(|e| {
                 e.announcement
                     .instances
                     .iter()
                     .map(|i| Instance::from_spec(e.announcement.origin, i))
             })
-            .collect()
+            .collect();
+        all.sort_by(|a, b| (a.origin, &a.service).cmp(&(b.origin, &b.service)));
+        all
     }
 
     /// The instance `key`, if held (whatever its health).
@@ -370,4 +417,84 @@ fn keys(origin: NodeId, instances: &[InstanceSpec]) -> Vec<InstanceKey> {
             service: i.service.clone(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::NodeKey;
+
+    fn spec(service: &str, role: &str, version: &str, healthy: bool) -> InstanceSpec {
+        InstanceSpec {
+            service: ServiceName::parse(service).unwrap(),
+            role: RoleName::parse(role).unwrap(),
+            version: semver::Version::parse(version).unwrap(),
+            healthy,
+            port: None,
+        }
+    }
+
+    fn ann(key: &NodeKey, version: u64, instances: Vec<InstanceSpec>) -> Announcement {
+        Announcement {
+            origin: key.node_id(),
+            stamp: Stamp {
+                incarnation: 1,
+                version,
+            },
+            lease_ms: 10_000,
+            instances,
+        }
+    }
+
+    /// The role index follows replacements (roles kept, added, dropped) and expiry; lookups
+    /// are sorted by (origin, service) whatever the announcement's order.
+    #[test]
+    fn the_role_index_follows_every_change() {
+        let (a, b) = (NodeKey::from_seed([1; 32]), NodeKey::from_seed([2; 32]));
+        let mut r = Replica::new(8, Duration::from_secs(60));
+        let t = Instant::from_millis(0);
+        let any = semver::VersionReq::STAR;
+        let db = RoleName::parse("db").unwrap();
+        let web = RoleName::parse("web").unwrap();
+        let long = Duration::from_secs(100);
+        let list = vec![
+            spec("z", "db", "1.0.0", true),
+            spec("a", "db", "1.1.0", true),
+        ];
+        r.offer(ann(&a, 1, list), vec![], long, t);
+        let names: Vec<String> = r
+            .lookup(&db, &any)
+            .iter()
+            .map(|i| i.service.to_string())
+            .collect();
+        assert_eq!(names, ["a", "z"]);
+        // Same role kept, another added.
+        let list = vec![
+            spec("a", "db", "1.2.0", true),
+            spec("w", "web", "2.0.0", true),
+        ];
+        r.offer(ann(&a, 2, list), vec![], long, t);
+        assert_eq!(r.lookup(&db, &any).len(), 1);
+        assert_eq!(r.lookup(&web, &any).len(), 1);
+        r.offer(
+            ann(&b, 1, vec![spec("x", "db", "1.0.0", true)]),
+            vec![],
+            Duration::from_secs(5),
+            t,
+        );
+        assert_eq!(r.lookup(&db, &any).len(), 2);
+        // Role dropped.
+        r.offer(
+            ann(&a, 3, vec![spec("w", "web", "2.0.0", true)]),
+            vec![],
+            long,
+            t,
+        );
+        assert_eq!(r.lookup(&db, &any).len(), 1);
+        // Expiry of b (5 s).
+        r.handle_timeout(t + Duration::from_secs(6));
+        assert!(r.lookup(&db, &any).is_empty());
+        assert!(!r.by_role.contains_key(&db));
+        assert_eq!(r.lookup(&web, &any).len(), 1);
+    }
 }
