@@ -302,6 +302,12 @@ pub fn netstack_ingress_seeds() -> Vec<(String, Vec<u8>)> {
 /// authorized origin (`registry_merge` target; the corpus holds genuinely signed announcements
 /// so that the fuzzer starts from accepted input).
 pub fn registry_merge(data: &[u8]) {
+    let _ = registry_merge_run(data);
+}
+
+/// [`registry_merge`]'s body, returning the registry so that tests can check what the corpus
+/// reaches.
+pub fn registry_merge_run(data: &[u8]) -> crate::registry::Registry {
     use crate::identity::NodeKey;
     use crate::registry::{Registry, RegistryConfig};
 
@@ -337,6 +343,7 @@ pub fn registry_merge(data: &[u8]) {
         assert!(origins.iter().all(|o| *o == peer || *o == r.node_id()));
         assert!(r.instances().len() <= max_origins * max_instances);
     }
+    r
 }
 
 /// Key seed of the registry under test in [`registry_merge`].

@@ -229,6 +229,14 @@ impl FromStr for NodeId {
     }
 }
 
+/// Lets maps keyed by `NodeId` be searched with raw key bytes (from the wire) without
+/// validating them first: `NodeId`'s order and equality are those of its bytes.
+impl std::borrow::Borrow<[u8; NODE_ID_LEN]> for NodeId {
+    fn borrow(&self) -> &[u8; NODE_ID_LEN] {
+        &self.0
+    }
+}
+
 impl TryFrom<[u8; NODE_ID_LEN]> for NodeId {
     type Error = IdentityError;
 

@@ -68,9 +68,84 @@ fn registry_merge_corpus() {
     replay("registry_merge", svcnet_core::fuzzing::registry_merge);
 }
 
+/// The seed corpus reaches the accepting paths: genuine announcements are stored (by delta
+/// and by SWIM broadcast), forged ones are not.
+#[test]
+fn registry_merge_corpus_reaches_acceptance() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/registry_merge");
+    let run = |name: &str| {
+        let data = std::fs::read(dir.join(name)).expect("corpus file");
+        svcnet_core::fuzzing::registry_merge_run(&data)
+    };
+    for name in ["delta-then-replay", "swim"] {
+        let r = run(name);
+        assert_eq!(r.instances().len(), 1, "{name}");
+        assert!(
+            r.instances()[0].healthy,
+            "{name}: the replay of v1 must not win"
+        );
+    }
+    let r = run("forged");
+    assert!(r.instances().is_empty());
+    assert_eq!(r.stats().rejected.forged, 1);
+}
+
+/// SWIM packets from the fuzz peer to the fuzz registry: an announce, a ping carrying
+/// membership updates, and a broadcast carrying a signed announcement.
+fn swim_messages(
+    peer: &svcnet_core::identity::NodeKey,
+    own: &svcnet_core::identity::NodeKey,
+    announcement: &[u8],
+) -> Vec<Vec<u8>> {
+    use svcnet_core::registry::foca::{Codec, Header, Member, Message, State};
+    use svcnet_core::registry::membership::{SwimCodec, SwimId};
+    use svcnet_core::registry::message::encode_swim;
+
+    let src = SwimId {
+        node: peer.node_id(),
+        generation: 1,
+    };
+    let dst = SwimId {
+        node: own.node_id(),
+        generation: 1,
+    };
+    let mut codec = SwimCodec::default();
+    let packet = |codec: &mut SwimCodec, message| {
+        let mut out = Vec::new();
+        codec
+            .encode_header(
+                &Header {
+                    src,
+                    src_incarnation: 0,
+                    dst,
+                    message,
+                },
+                &mut out,
+            )
+            .unwrap();
+        out
+    };
+    let announce = packet(&mut codec, Message::Announce);
+    let mut ping = packet(&mut codec, Message::Ping(1));
+    ping.extend_from_slice(&2u16.to_be_bytes());
+    codec
+        .encode_member(&Member::new(src, 0, State::Alive), &mut ping)
+        .unwrap();
+    codec
+        .encode_member(&Member::new(dst, 0, State::Suspect), &mut ping)
+        .unwrap();
+    let mut broadcast = packet(&mut codec, Message::Broadcast);
+    broadcast.extend_from_slice(&(announcement.len() as u16).to_be_bytes());
+    broadcast.extend_from_slice(announcement);
+    [announce, ping, broadcast]
+        .iter()
+        .map(|p| encode_swim(p))
+        .collect()
+}
+
 /// Writes the seed corpus of `registry_merge` (run with `--ignored` after a format change):
 /// a delta with a genuine announcement then a replay of an older one, a digest and a request,
-/// and a forged announcement.
+/// a forged announcement, and SWIM packets (announce, ping with updates, broadcast).
 #[test]
 #[ignore]
 fn regenerate_registry_merge_corpus() {
@@ -125,13 +200,14 @@ fn regenerate_registry_merge_corpus() {
                     &[0xff; 32],
                     &[(peer.node_id(), ann(9, true).stamp)],
                 ),
-                encode_request(&[own.node_id(), peer.node_id()]),
+                encode_request(&[own.node_id().to_bytes(), peer.node_id().to_bytes()]),
             ]),
         ),
         (
             "forged",
             framed(&[encode_delta(&[(30_000, &ann(3, true).sign(&own))])]),
         ),
+        ("swim", framed(&swim_messages(&peer, &own, &v2))),
     ];
     for (name, bytes) in files {
         std::fs::write(dir.join(name), bytes).unwrap();

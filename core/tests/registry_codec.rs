@@ -79,8 +79,8 @@ proptest! {
         let _ = Announcement::verify(&bytes, LIMITS);
         let _ = svcnet_core::registry::announce::peek_stamp(&bytes);
         let _ = message::decode(&bytes);
-        let _ = SwimCodec.decode_header(&bytes[..]);
-        let _ = SwimCodec.decode_member(&bytes[..]);
+        let _ = SwimCodec::default().decode_header(&bytes[..]);
+        let _ = SwimCodec::default().decode_member(&bytes[..]);
     }
 
     /// Arbitrary bytes after a valid prefix reach the deeper decoding paths.

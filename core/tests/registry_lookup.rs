@@ -379,4 +379,49 @@ fn unhealthy_instances_are_never_picked() {
     }
     r.handle_health_result(&s1, true, T0);
     assert_eq!(r.lookup(&role("api"), &req("*")).len(), 3);
+    // Status views.
+    let local = r.local_instances();
+    assert_eq!(local.len(), 3);
+    assert!(local.iter().all(|(_, healthy)| *healthy));
+    let k = key_of(&r, "s1");
+    assert_eq!(r.instance(&k).map(|i| i.service), Some(k.service.clone()));
+    assert_eq!(r.instance(&key_of(&r, "nope")), None);
+}
+
+#[test]
+fn role_addresses_resolve_and_map_back_to_their_range() {
+    let mut r = catalogue();
+    let prefix = NetworkPrefix::derive("test");
+    let couch = role("couchdb");
+    let label = |s: &str| Some(VersionLabel::parse(s).unwrap());
+    // Labels with instances resolve; others are NXDOMAIN.
+    for l in [
+        None,
+        label("v3"),
+        label("v3-2"),
+        label("v0"),
+        label("v0-4"),
+        label("v4"),
+    ] {
+        let address = r.resolve_role(&prefix, &couch, l).expect("resolves");
+        assert_eq!(address, role_address(&prefix, &couch, l));
+        let target = r.role_at(&prefix, address).expect("maps back");
+        assert_eq!((target.role.clone(), target.label), (couch.clone(), l));
+        assert_eq!(target.req(), label_to_req(l));
+    }
+    for l in [label("v5"), label("v3-9"), label("v1")] {
+        assert_eq!(r.resolve_role(&prefix, &couch, l), None);
+    }
+    assert_eq!(r.resolve_role(&prefix, &role("mysql"), None), None);
+    // v3-3 exists only through 3.3.0 (3.3.0-rc.1 gives no labelled address).
+    assert!(r.resolve_role(&prefix, &couch, label("v3-3")).is_some());
+    // The table lists each address once; when instances go, their addresses go.
+    let all = r.role_addresses(&prefix);
+    assert!(all.iter().any(|(_, t)| t.role == role("postgres")));
+    r.set_local_instances(vec![instance("g", "couchdb@3.2.2")], T0)
+        .unwrap();
+    assert!(r.resolve_role(&prefix, &couch, label("v3-2")).is_some());
+    assert_eq!(r.resolve_role(&prefix, &couch, label("v4")), None);
+    assert_eq!(r.resolve_role(&prefix, &role("postgres"), None), None);
+    assert_eq!(r.role_addresses(&prefix).len(), 3);
 }

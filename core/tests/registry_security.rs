@@ -217,7 +217,9 @@ fn strangers_and_impersonators_are_dropped() {
         message: Message::Ping(1),
     };
     let mut packet = Vec::new();
-    SwimCodec.encode_header(&header, &mut packet).unwrap();
+    SwimCodec::default()
+        .encode_header(&header, &mut packet)
+        .unwrap();
     assert!(matches!(
         a.handle_message(b.node_id(), &encode_swim(&packet), T0),
         Err(RegistryError::Swim(_))
@@ -245,7 +247,9 @@ fn forged_gossip_is_refused_before_dissemination() {
             message: Message::Broadcast,
         };
         let mut packet = Vec::new();
-        SwimCodec.encode_header(&header, &mut packet).unwrap();
+        SwimCodec::default()
+            .encode_header(&header, &mut packet)
+            .unwrap();
         packet.put_u16(item.len() as u16);
         packet.extend_from_slice(item);
         encode_swim(&packet)

@@ -6,7 +6,7 @@ mod registry_net;
 use std::time::Duration;
 
 use registry_net::{instance, req, role, Net};
-use svcnet_core::registry::{RegistryConfig, RegistryEvent, RemovalReason};
+use svcnet_core::registry::{RegistryConfig, RegistryEvent, RemovalReason, SwimScope};
 
 /// Indices of the nodes whose couchdb instances node `i`'s lookup returns, sorted.
 fn couch_holders(net: &Net, i: usize) -> Vec<usize> {
@@ -227,7 +227,16 @@ fn heartbeats_keep_instances_alive_far_beyond_one_lease() {
 
 fn sparse_topology(routed: bool, bound: Duration) {
     let n = 30;
-    let mut net = Net::new(n, RegistryConfig::default(), 17);
+    let config = RegistryConfig {
+        // With routing every member is reachable: let SWIM cover them all.
+        swim_scope: if routed {
+            SwimScope::Everyone
+        } else {
+            SwimScope::Connected
+        },
+        ..RegistryConfig::default()
+    };
+    let mut net = Net::new(n, config, 17);
     net.loss_per_mille = 20;
     net.routed = routed;
     // A ring plus a few chords: most pairs are not directly connected.
@@ -365,4 +374,74 @@ fn events_report_health_checks_and_instance_changes() {
         .events
         .iter()
         .any(|(_, i, e)| *i == 1 && matches!(e, RegistryEvent::MemberUp(id) if *id == net.ids[0])));
+}
+
+/// A hundred nodes, each linked to two others (routed): everything converges at once and
+/// heartbeats keep all of it alive past more than one lease, with 2 % loss.
+#[test]
+fn a_hundred_nodes_converge_and_stay_converged() {
+    let n = 100;
+    let config = RegistryConfig {
+        swim_scope: SwimScope::Everyone,
+        ..RegistryConfig::default()
+    };
+    let mut net = Net::new(n, config, 37);
+    net.routed = true;
+    net.loss_per_mille = 20;
+    for i in 0..n {
+        net.connect(i, (i + 1) % n);
+        net.connect(i, (i * 7 + 3) % n);
+    }
+    for i in 0..n {
+        net.set_instances(i, vec![instance("web", &format!("web@1.0.{i}"))]);
+    }
+    let full = |net: &Net| net.same_instances() && net.nodes[0].instances().len() == n;
+    let took = net
+        .run_until_true(Duration::from_secs(20), full)
+        .expect("100 nodes did not converge");
+    assert!(took <= Duration::from_secs(2), "took {took:?}");
+    net.run_for(Duration::from_secs(40));
+    assert!(full(&net));
+    assert!(!net.events.iter().any(|(_, _, e)| matches!(
+        e,
+        RegistryEvent::InstanceRemoved { .. } | RegistryEvent::MemberDown(_)
+    )));
+}
+
+/// Without routing, SWIM limited to connected peers (the default) never declares a live node
+/// down and no lease lapses over four leases; SWIM over every member, whose probes to
+/// unreachable nodes are dropped, churns — which is why `Connected` is the default.
+#[test]
+fn swim_scope_connected_avoids_false_downs_without_routing() {
+    let run = |scope| {
+        let n = 30;
+        let config = RegistryConfig {
+            swim_scope: scope,
+            ..RegistryConfig::default()
+        };
+        let mut net = Net::new(n, config, 17);
+        for i in 0..n {
+            net.connect(i, (i + 1) % n);
+        }
+        for i in (0..n).step_by(5) {
+            net.connect(i, (i + n / 2) % n);
+        }
+        for i in 0..n {
+            net.set_instances(i, vec![instance("web", &format!("web@1.0.{i}"))]);
+        }
+        net.run_for(Duration::from_secs(120));
+        let count =
+            |f: fn(&RegistryEvent) -> bool| net.events.iter().filter(|(_, _, e)| f(e)).count();
+        (
+            count(|e| matches!(e, RegistryEvent::MemberDown(_))),
+            count(|e| matches!(e, RegistryEvent::InstanceRemoved { .. })),
+            net.same_instances() && net.nodes[0].instances().len() == n,
+        )
+    };
+    assert_eq!(run(SwimScope::Connected), (0, 0, true));
+    let (downs, _, _) = run(SwimScope::Everyone);
+    assert!(
+        downs > 100,
+        "expected SWIM churn over unreachable members, got {downs} downs"
+    );
 }

@@ -82,25 +82,47 @@ impl fmt::Display for SwimCodecError {
 impl std::error::Error for SwimCodecError {}
 
 /// The binary codec of foca headers and members (`docs/registry.md` §5).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SwimCodec;
+///
+/// Every packet names several identities (and up to hundreds in its membership updates);
+/// validating a node id decompresses a curve point, so validated ids are remembered (up to
+/// [`SWIM_ID_CACHE`] of them; the cache is emptied when full).
+#[derive(Clone, Debug, Default)]
+pub struct SwimCodec {
+    valid: BTreeMap<[u8; NODE_ID_LEN], NodeId>,
+}
+
+/// Most validated node ids a [`SwimCodec`] remembers.
+pub const SWIM_ID_CACHE: usize = 8192;
+
+impl SwimCodec {
+    fn node(&mut self, bytes: [u8; NODE_ID_LEN]) -> Result<NodeId, SwimCodecError> {
+        if let Some(id) = self.valid.get(&bytes) {
+            return Ok(*id);
+        }
+        let id = NodeId::from_bytes(bytes).map_err(|_| SwimCodecError("bad node id"))?;
+        if self.valid.len() >= SWIM_ID_CACHE {
+            self.valid.clear();
+        }
+        self.valid.insert(bytes, id);
+        Ok(id)
+    }
+
+    fn get_id(&mut self, buf: &mut impl Buf) -> Result<SwimId, SwimCodecError> {
+        if buf.remaining() < SWIM_ID_LEN {
+            return Err(SwimCodecError("truncated identity"));
+        }
+        let mut node = [0u8; NODE_ID_LEN];
+        buf.copy_to_slice(&mut node);
+        Ok(SwimId {
+            node: self.node(node)?,
+            generation: buf.get_u64(),
+        })
+    }
+}
 
 fn put_id(buf: &mut impl BufMut, id: &SwimId) {
     buf.put_slice(id.node.as_bytes());
     buf.put_u64(id.generation);
-}
-
-fn get_id(buf: &mut impl Buf) -> Result<SwimId, SwimCodecError> {
-    if buf.remaining() < SWIM_ID_LEN {
-        return Err(SwimCodecError("truncated identity"));
-    }
-    let mut node = [0u8; NODE_ID_LEN];
-    buf.copy_to_slice(&mut node);
-    let node = NodeId::from_bytes(node).map_err(|_| SwimCodecError("bad node id"))?;
-    Ok(SwimId {
-        node,
-        generation: buf.get_u64(),
-    })
 }
 
 fn get_u8(buf: &mut impl Buf) -> Result<u8, SwimCodecError> {
@@ -183,26 +205,26 @@ impl Codec<SwimId> for SwimCodec {
     }
 
     fn decode_header(&mut self, mut buf: impl Buf) -> Result<Header<SwimId>, SwimCodecError> {
-        let src = get_id(&mut buf)?;
+        let src = self.get_id(&mut buf)?;
         let src_incarnation = get_u16(&mut buf)?;
-        let dst = get_id(&mut buf)?;
+        let dst = self.get_id(&mut buf)?;
         let message = match get_u8(&mut buf)? {
             0 => Message::Ping(get_u8(&mut buf)?),
             1 => Message::Ack(get_u8(&mut buf)?),
             2 => Message::PingReq {
-                target: get_id(&mut buf)?,
+                target: self.get_id(&mut buf)?,
                 probe_number: get_u8(&mut buf)?,
             },
             3 => Message::IndirectPing {
-                origin: get_id(&mut buf)?,
+                origin: self.get_id(&mut buf)?,
                 probe_number: get_u8(&mut buf)?,
             },
             4 => Message::IndirectAck {
-                target: get_id(&mut buf)?,
+                target: self.get_id(&mut buf)?,
                 probe_number: get_u8(&mut buf)?,
             },
             5 => Message::ForwardedAck {
-                origin: get_id(&mut buf)?,
+                origin: self.get_id(&mut buf)?,
                 probe_number: get_u8(&mut buf)?,
             },
             6 => Message::Announce,
@@ -240,7 +262,7 @@ impl Codec<SwimId> for SwimCodec {
     }
 
     fn decode_member(&mut self, mut buf: impl Buf) -> Result<Member<SwimId>, SwimCodecError> {
-        let id = get_id(&mut buf)?;
+        let id = self.get_id(&mut buf)?;
         let incarnation = get_u16(&mut buf)?;
         let state = match get_u8(&mut buf)? {
             0 => State::Alive,
@@ -297,8 +319,9 @@ pub struct GossipShared {
     pub limits: DecodeLimits,
     /// `None`: any origin with a valid signature; else only these (and `own`).
     pub authorized: Option<BTreeSet<NodeId>>,
-    /// Newest stamp accepted per origin (mirrors the replica, tombstones included).
-    pub seen: BTreeMap<NodeId, Stamp>,
+    /// Newest stamp accepted per origin, by raw key bytes (mirrors the replica, tombstones
+    /// included).
+    pub seen: BTreeMap<[u8; NODE_ID_LEN], Stamp>,
     /// Announcements accepted from foca, to be applied to the replica.
     pub inbox: VecDeque<(Announcement, Vec<u8>)>,
     /// Refusals.
@@ -323,7 +346,7 @@ impl GossipShared {
         // Cheap checks first: a replay costs no signature verification.
         if let Some((origin, stamp)) = peek_stamp(bytes) {
             // Our own announcements come back through gossip: never taken from others.
-            if origin == self.own {
+            if origin == self.own.to_bytes() {
                 self.rejected.duplicates += 1;
                 return Checked::Stale;
             }
@@ -378,7 +401,7 @@ pub(crate) fn lock(shared: &Mutex<GossipShared>) -> MutexGuard<'_, GossipShared>
 /// ones in foca's dissemination backlog.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BroadcastKey {
-    origin: NodeId,
+    origin: [u8; NODE_ID_LEN],
     stamp: Stamp,
 }
 
@@ -424,10 +447,10 @@ impl BroadcastHandler<SwimId> for Gossip {
         match shared.check(data) {
             Checked::Fresh(a) => {
                 let key = BroadcastKey {
-                    origin: a.origin,
+                    origin: a.origin.to_bytes(),
                     stamp: a.stamp,
                 };
-                shared.seen.insert(a.origin, a.stamp);
+                shared.seen.insert(a.origin.to_bytes(), a.stamp);
                 shared.inbox.push_back((a, data.to_vec()));
                 Ok(Some(key))
             }
@@ -472,6 +495,8 @@ pub enum SwimError {
 /// foca, its runtime queue and its timers.
 pub struct Membership {
     foca: Foca<SwimId, SwimCodec, SeededRng, Gossip>,
+    /// Decodes headers for the sender check (foca owns its own codec).
+    sender_codec: SwimCodec,
     outbox: Outbox,
     timers: BTreeMap<(Instant, u64), Timer<SwimId>>,
     timer_seq: u64,
@@ -499,9 +524,10 @@ impl Membership {
                 id,
                 config,
                 SeededRng(SplitMix64::new(seed)),
-                SwimCodec,
+                SwimCodec::default(),
                 Gossip { shared },
             ),
+            sender_codec: SwimCodec::default(),
             outbox: Outbox::default(),
             timers: BTreeMap::new(),
             timer_seq: 0,
@@ -515,18 +541,64 @@ impl Membership {
         }
     }
 
-    /// A packet from `from` (authenticated by the transport).
+    /// A packet from `from` (authenticated by the transport). Membership updates about nodes
+    /// for which `keep` is false are removed before foca sees the packet (see
+    /// [`SwimScope::Connected`](super::SwimScope::Connected)); updates about ourselves are
+    /// always kept, so that we can refute suspicions.
     pub fn handle_data(
         &mut self,
         from: NodeId,
         data: &[u8],
         now: Instant,
+        keep: &dyn Fn(&NodeId) -> bool,
     ) -> Result<(), SwimError> {
-        let header = SwimCodec.decode_header(data).map_err(SwimError::Codec)?;
+        let mut rest = data;
+        let header = self
+            .sender_codec
+            .decode_header(&mut rest)
+            .map_err(SwimError::Codec)?;
         if header.src.node != from {
             return Err(SwimError::WrongSender);
         }
-        let result = self.foca.handle_data(data, &mut self.outbox);
+        let own = self.foca.identity().node;
+        // foca's framing: header ‖ [count u16 ‖ members] ‖ custom broadcasts, the member list
+        // present whenever at least two bytes follow a message other than Broadcast.
+        let filtered;
+        let packet = if header.message != Message::Broadcast && rest.len() >= 2 {
+            let header_len = data.len() - rest.len();
+            let count = rest.get_u16();
+            let mut kept = Vec::new();
+            let mut dropped = false;
+            for _ in 0..count {
+                let member = self
+                    .sender_codec
+                    .decode_member(&mut rest)
+                    .map_err(SwimError::Codec)?;
+                if member.id().node == own || keep(&member.id().node) {
+                    kept.push(member);
+                } else {
+                    dropped = true;
+                }
+            }
+            if dropped {
+                let mut out = Vec::with_capacity(data.len());
+                out.extend_from_slice(&data[..header_len]);
+                out.put_u16(kept.len() as u16);
+                for member in &kept {
+                    self.sender_codec
+                        .encode_member(member, &mut out)
+                        .map_err(SwimError::Codec)?;
+                }
+                out.extend_from_slice(rest);
+                filtered = out;
+                &filtered[..]
+            } else {
+                data
+            }
+        } else {
+            data
+        };
+        let result = self.foca.handle_data(packet, &mut self.outbox);
         self.absorb_timers(now);
         result.map_err(SwimError::Foca)
     }

@@ -53,13 +53,14 @@ pub enum Message<'a> {
         from: [u8; 32],
         /// Upper bound (inclusive).
         to: [u8; 32],
-        /// Entries, as listed.
-        entries: Vec<(NodeId, Stamp)>,
+        /// Entries, as listed: raw origin key bytes (not validated: they are only compared
+        /// with what the receiver holds) and stamps.
+        entries: Vec<([u8; 32], Stamp)>,
     },
     /// Announcements with the lease time the sender had left for each, in milliseconds.
     Delta(Vec<(u32, &'a [u8])>),
-    /// Origins whose announcements the sender wants.
-    Request(Vec<NodeId>),
+    /// Origins whose announcements the sender wants (raw key bytes, only looked up).
+    Request(Vec<[u8; 32]>),
     /// A kind this node does not know.
     Unknown(u8),
 }
@@ -76,8 +77,7 @@ pub fn decode(bytes: &[u8]) -> Result<Message<'_>, AnnounceError> {
             let count = usize::from(r.u16("count")?);
             let mut entries = Vec::with_capacity(count.min(r.0.len() / DIGEST_ENTRY_LEN));
             for _ in 0..count {
-                let origin =
-                    NodeId::from_bytes(r.array("origin")?).map_err(|_| AnnounceError::BadOrigin)?;
+                let origin = r.array::<NODE_ID_LEN>("origin")?;
                 let incarnation = r.u64("incarnation")?;
                 let version = r.u64("version")?;
                 entries.push((
@@ -104,9 +104,7 @@ pub fn decode(bytes: &[u8]) -> Result<Message<'_>, AnnounceError> {
             let count = usize::from(r.u16("count")?);
             let mut origins = Vec::with_capacity(count.min(r.0.len() / NODE_ID_LEN));
             for _ in 0..count {
-                origins.push(
-                    NodeId::from_bytes(r.array("origin")?).map_err(|_| AnnounceError::BadOrigin)?,
-                );
+                origins.push(r.array::<NODE_ID_LEN>("origin")?);
             }
             Message::Request(origins)
         }
@@ -160,13 +158,13 @@ pub fn encode_delta(entries: &[(u32, &[u8])]) -> Vec<u8> {
     out
 }
 
-/// Encodes a request.
-pub fn encode_request(origins: &[NodeId]) -> Vec<u8> {
+/// Encodes a request for the origins with these key bytes.
+pub fn encode_request(origins: &[[u8; NODE_ID_LEN]]) -> Vec<u8> {
     let origins = &origins[..origins.len().min(u16::MAX as usize)];
     let mut out = vec![kind::REQUEST];
     out.extend_from_slice(&(origins.len() as u16).to_be_bytes());
     for o in origins {
-        out.extend_from_slice(o.as_bytes());
+        out.extend_from_slice(o);
     }
     out
 }
@@ -191,7 +189,7 @@ mod tests {
             Message::Digest {
                 from: [0; 32],
                 to: [0xff; 32],
-                entries: vec![(a, stamp), (b, stamp)]
+                entries: vec![(a.to_bytes(), stamp), (b.to_bytes(), stamp)]
             }
         );
         let x = encode_delta(&[(5, b"abc"), (6, b"")]);
@@ -203,8 +201,8 @@ mod tests {
             decode(&x).unwrap(),
             Message::Delta(vec![(5, &b"abc"[..]), (6, &b""[..])])
         );
-        let q = encode_request(&[a]);
-        assert_eq!(decode(&q).unwrap(), Message::Request(vec![a]));
+        let q = encode_request(&[a.to_bytes()]);
+        assert_eq!(decode(&q).unwrap(), Message::Request(vec![a.to_bytes()]));
         assert_eq!(decode(&encode_swim(b"xy")).unwrap(), Message::Swim(b"xy"));
         assert_eq!(decode(&[99, 1, 2]).unwrap(), Message::Unknown(99));
     }

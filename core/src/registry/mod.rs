@@ -43,14 +43,14 @@ pub mod replica;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::num::{NonZeroU8, NonZeroUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use foca::OwnedNotification;
 
-use crate::addressing::{RoleName, ServiceName};
+use crate::addressing::{NetworkPrefix, RoleName, ServiceName, VersionLabel};
 use crate::identity::{NodeId, NodeKey};
 use crate::time::Instant;
 
@@ -61,6 +61,8 @@ pub use foca;
 pub use announce::{AnnounceError, Announcement, InstanceSpec, Stamp};
 pub use balance::Strategy;
 pub use membership::RejectCounts;
+pub use range_label::RoleTarget;
+
 pub use replica::{Instance, InstanceKey};
 
 use announce::DecodeLimits;
@@ -106,6 +108,8 @@ pub struct RegistryConfig {
     pub open_membership: bool,
     /// Seed of every random choice (SWIM member selection, power-of-two draws).
     pub seed: u64,
+    /// Which nodes SWIM probes and tracks. Default [`SwimScope::Connected`].
+    pub swim_scope: SwimScope,
     /// SWIM settings (foca's own type; see the foca docs). The default is tuned for a LAN or a
     /// small WAN: 1 s probes, 3 s to declare a suspect down, periodic gossip and announces so
     /// that partitions heal, packets up to 64 000 bytes (the control stream is reliable, so
@@ -170,6 +174,7 @@ impl Default for RegistryConfig {
             strategy: Strategy::PowerOfTwo,
             open_membership: false,
             seed: 0,
+            swim_scope: SwimScope::Connected,
             swim: default_swim_config(),
         }
     }
@@ -246,6 +251,22 @@ pub fn default_swim_config() -> foca::Config {
     c.periodic_announce = Some(every(30, 1));
     c.periodic_announce_to_down_members = Some(every(5, 2));
     c
+}
+
+/// Which nodes SWIM probes and tracks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SwimScope {
+    /// Only directly connected peers: membership updates about other nodes are dropped on
+    /// receipt. SWIM then detects failures of neighbours and its gossip carries announcements
+    /// hop by hop over the links; nodes further away are covered by leases and failover. Right
+    /// when the frontend cannot deliver to nodes it has no connection to: there, SWIM would
+    /// probe unreachable members, declare them down and churn (measured: about ten false
+    /// "down" per node per minute in a sparse 30-node topology).
+    #[default]
+    Connected,
+    /// Every member: the frontend delivers packets to any node (full mesh, or routing through
+    /// relays), so SWIM detects the failure of any node within seconds.
+    Everyone,
 }
 
 /// One service instance this node offers.
@@ -409,6 +430,9 @@ pub struct Registry {
     anti_entropy_cursor: usize,
     withdrawn: bool,
     stats: RegistryStats,
+    /// Role addresses of every (role, label) some held instance answers to, for the prefix
+    /// they were computed in; dropped whenever the replica's instances change.
+    role_index: Option<(NetworkPrefix, BTreeMap<Ipv6Addr, RoleTarget>)>,
 }
 
 impl fmt::Debug for Registry {
@@ -467,6 +491,7 @@ impl Registry {
             anti_entropy_cursor: 0,
             withdrawn: false,
             stats: RegistryStats::default(),
+            role_index: None,
             config,
         }
     }
@@ -666,7 +691,7 @@ impl Registry {
         let lease = Duration::from_millis(u64::from(announcement.lease_ms));
         let offer = self.replica.offer(announcement, bytes.clone(), lease, now);
         self.report_offer(offer);
-        lock(&self.shared).seen.insert(self.own, stamp);
+        lock(&self.shared).seen.insert(self.own.to_bytes(), stamp);
         self.membership.add_broadcast(&bytes);
         if push {
             let remaining = millis(lease);
@@ -710,7 +735,11 @@ impl Registry {
         };
         let result = match decoded {
             message::Message::Swim(packet) => {
-                self.membership.handle_data(from, packet, now).map_err(|e| {
+                let connected = &self.connected;
+                let scope = self.config.swim_scope;
+                let keep = |id: &NodeId| scope == SwimScope::Everyone || connected.contains(id);
+                let result = self.membership.handle_data(from, packet, now, &keep);
+                result.map_err(|e| {
                     self.stats.swim_errors += 1;
                     RegistryError::Swim(e)
                 })
@@ -786,7 +815,7 @@ impl Registry {
         match offer {
             Offer::Accepted { .. } => {
                 self.stats.accepted += 1;
-                lock(&self.shared).seen.insert(origin, stamp);
+                lock(&self.shared).seen.insert(origin.to_bytes(), stamp);
             }
             Offer::Full => self.stats.replica_full += 1,
             Offer::Stale => {}
@@ -801,6 +830,9 @@ impl Registry {
     }
 
     fn report_offer(&mut self, offer: Offer) {
+        if let Offer::Accepted { changed: true, .. } = offer {
+            self.role_index = None;
+        }
         if let Offer::Accepted { added, removed, .. } = offer {
             for key in removed {
                 self.balancer.forget(&key);
@@ -883,24 +915,25 @@ impl Registry {
         peer: NodeId,
         lo: &[u8; 32],
         hi: &[u8; 32],
-        theirs: &[(NodeId, Stamp)],
+        theirs: &[([u8; 32], Stamp)],
         now: Instant,
     ) {
-        let theirs_map: BTreeMap<NodeId, Stamp> = theirs.iter().copied().collect();
-        let newer_here: Vec<NodeId> = self
+        let theirs_map: BTreeMap<[u8; 32], Stamp> = theirs.iter().copied().collect();
+        let newer_here: Vec<[u8; 32]> = self
             .replica
             .digest(lo, hi)
             .into_iter()
-            .filter(|(o, s)| theirs_map.get(o).is_none_or(|t| t < s))
-            .map(|(o, _)| o)
+            .filter(|(o, s)| theirs_map.get(o.as_bytes()).is_none_or(|t| t < s))
+            .map(|(o, _)| o.to_bytes())
             .collect();
         self.send_delta(peer, &newer_here, now);
+        let own = self.own.to_bytes();
         let shared = lock(&self.shared);
-        let allowed = |o: &NodeId| shared.authorized.as_ref().is_none_or(|set| set.contains(o));
-        let wanted: Vec<NodeId> = theirs_map
+        let allowed = |o: &[u8; 32]| shared.authorized.as_ref().is_none_or(|set| set.contains(o));
+        let wanted: Vec<[u8; 32]> = theirs_map
             .iter()
             .filter(|(o, t)| {
-                **o != self.own && allowed(o) && self.replica.stamp(o).is_none_or(|s| s < **t)
+                **o != own && allowed(o) && self.replica.stamp(*o).is_none_or(|s| s < **t)
             })
             .map(|(o, _)| *o)
             .collect();
@@ -914,7 +947,7 @@ impl Registry {
 
     /// Sends the live announcements of `origins` to `peer`, in as many messages as the size
     /// limit needs.
-    fn send_delta(&mut self, peer: NodeId, origins: &[NodeId], now: Instant) {
+    fn send_delta(&mut self, peer: NodeId, origins: &[[u8; 32]], now: Instant) {
         let limit = self.config.max_message_bytes;
         let mut batch: Vec<(u32, Vec<u8>)> = Vec::new();
         let mut size = message::DELTA_HEADER_LEN;
@@ -971,7 +1004,11 @@ impl Registry {
                 });
             }
         }
-        for (_, keys) in self.replica.handle_timeout(now) {
+        let expiry = self.replica.handle_timeout(now);
+        if !expiry.expired.is_empty() {
+            self.role_index = None;
+        }
+        for (_, keys) in expiry.expired {
             for key in keys {
                 self.balancer.forget(&key);
                 self.events.push_back(RegistryEvent::InstanceRemoved {
@@ -980,12 +1017,12 @@ impl Registry {
                 });
             }
         }
-        {
-            // Forget the stamps of tombstones the replica dropped.
-            let replica = &self.replica;
-            lock(&self.shared)
-                .seen
-                .retain(|origin, _| replica.stamp(origin).is_some());
+        if !expiry.forgotten.is_empty() {
+            // The replica no longer remembers these origins; neither does the freshness check.
+            let mut shared = lock(&self.shared);
+            for origin in &expiry.forgotten {
+                shared.seen.remove(origin.as_bytes());
+            }
         }
         self.balancer.handle_timeout(now);
         self.pump(now);
@@ -1029,6 +1066,67 @@ impl Registry {
     /// Every instance held, whatever its health (status displays, `/list`).
     pub fn instances(&self) -> Vec<Instance> {
         self.replica.all_instances()
+    }
+
+    /// The instance `key` if the replica holds it (whatever its health): an `/instance/` proxy
+    /// must dial only instances some node announced — the seed's proxy dialed any key.
+    pub fn instance(&self, key: &InstanceKey) -> Option<Instance> {
+        self.replica.instance(key)
+    }
+
+    /// This node's own instances with their current health verdicts (for status).
+    pub fn local_instances(&self) -> Vec<(LocalInstance, bool)> {
+        self.local
+            .values()
+            .map(|s| (s.spec.clone(), s.healthy))
+            .collect()
+    }
+
+    /// The address of role name `role` with `label` in the network `prefix`, if some instance
+    /// held (healthy or not: an address should not come and go with health) answers to it;
+    /// `None` means NXDOMAIN.
+    pub fn resolve_role(
+        &mut self,
+        prefix: &NetworkPrefix,
+        role: &RoleName,
+        label: Option<VersionLabel>,
+    ) -> Option<Ipv6Addr> {
+        let address = prefix.role_address(role, label);
+        self.role_at(prefix, address).map(|_| address)
+    }
+
+    /// What a role address (the destination of a client's SYN) stands for, if it is the address
+    /// of a (role, label) that some held instance answers to. Balance the connection with
+    /// `pick(&target.role, &target.req(), …)`.
+    pub fn role_at(&mut self, prefix: &NetworkPrefix, address: Ipv6Addr) -> Option<RoleTarget> {
+        if self.role_index.as_ref().is_none_or(|(p, _)| p != prefix) {
+            let mut index = BTreeMap::new();
+            for instance in self.replica.all_instances() {
+                for label in range_label::labels_for(&instance.version) {
+                    index
+                        .entry(prefix.role_address(&instance.role, label))
+                        .or_insert_with(|| RoleTarget {
+                            role: instance.role.clone(),
+                            label,
+                        });
+                }
+            }
+            self.role_index = Some((*prefix, index));
+        }
+        self.role_index
+            .as_ref()
+            .and_then(|(_, index)| index.get(&address).cloned())
+    }
+
+    /// Every role address currently answered to, with its meaning (for status and DNS zone
+    /// listings).
+    pub fn role_addresses(&mut self, prefix: &NetworkPrefix) -> Vec<(Ipv6Addr, RoleTarget)> {
+        // Fills the index.
+        let _ = self.role_at(prefix, Ipv6Addr::UNSPECIFIED);
+        self.role_index
+            .as_ref()
+            .map(|(_, index)| index.iter().map(|(a, t)| (*a, t.clone())).collect())
+            .unwrap_or_default()
     }
 
     /// Chooses an instance for a new connection with the configured strategy: see

@@ -120,6 +120,48 @@ fn normalize(req: &VersionReq) -> Option<(Triple, Option<Triple>)> {
     Some((lower?, upper))
 }
 
+/// A role address's meaning: the role and the version label of its DNS name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RoleTarget {
+    /// The role.
+    pub role: RoleName,
+    /// The label (`None`: any version).
+    pub label: Option<VersionLabel>,
+}
+
+impl RoleTarget {
+    /// The semver range connections to this target are balanced over.
+    pub fn req(&self) -> VersionReq {
+        label_to_req(self.label)
+    }
+
+    /// The DNS name inside `zone` (`v3.couchdb.role.svcnet`).
+    pub fn name(&self) -> crate::addressing::Name {
+        crate::addressing::Name::Role {
+            role: self.role.clone(),
+            version_label: self.label,
+        }
+    }
+}
+
+/// The labels under which an instance of `version` is reachable: none (any version), its
+/// major series and its minor series. Prereleases are reachable only without a label (and only
+/// through ranges that name them, §7 of `docs/registry.md`), so they get no labelled address.
+pub fn labels_for(version: &semver::Version) -> Vec<Option<VersionLabel>> {
+    let mut labels = vec![None];
+    if version.pre.is_empty() {
+        labels.push(Some(VersionLabel {
+            major: version.major,
+            minor: None,
+        }));
+        labels.push(Some(VersionLabel {
+            major: version.major,
+            minor: Some(version.minor),
+        }));
+    }
+    labels
+}
+
 /// The stable virtual address of `(role, label)` in the network `prefix` (every TCP connection
 /// to it is balanced over the healthy instances of [`label_to_req`]).
 pub fn role_address(

@@ -12,7 +12,8 @@
 //! Nothing here checks signatures: callers insert only what [`super::announce::Announcement::verify`]
 //! accepted. Maps are `BTreeMap`s, so every listing is in a fixed order.
 
-use std::collections::BTreeMap;
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::addressing::{RoleName, ServiceName};
@@ -87,6 +88,14 @@ enum Slot {
 }
 
 impl Slot {
+    /// When the slot next needs attention: the lease's end, or the tombstone's.
+    fn deadline(&self) -> Instant {
+        match self {
+            Slot::Live(e) => e.expires_at,
+            Slot::Tombstone { until, .. } => *until,
+        }
+    }
+
     fn stamp(&self) -> Stamp {
         match self {
             Slot::Live(e) => e.announcement.stamp,
@@ -114,6 +123,15 @@ pub enum Offer {
     Full,
 }
 
+/// What [`Replica::handle_timeout`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Expiry {
+    /// Origins whose lease ran out, with the instance keys that disappeared.
+    pub expired: Vec<(NodeId, Vec<InstanceKey>)>,
+    /// Origins whose tombstone was dropped: nothing is remembered about them any more.
+    pub forgotten: Vec<NodeId>,
+}
+
 /// Digest line: an origin and the stamp held for it.
 pub type DigestEntry = (NodeId, Stamp);
 
@@ -121,6 +139,12 @@ pub type DigestEntry = (NodeId, Stamp);
 #[derive(Clone, Debug)]
 pub struct Replica {
     slots: BTreeMap<NodeId, Slot>,
+    /// `(deadline, origin)` of every slot, so that the next deadline is found without a scan
+    /// (`poll_timeout` runs after every event, and a replica may hold thousands of origins).
+    deadlines: BTreeSet<(Instant, NodeId)>,
+    /// Origins with at least one instance of each role, so that a lookup (one per proxied
+    /// connection) visits only the announcements that can answer it.
+    by_role: BTreeMap<RoleName, BTreeSet<NodeId>>,
     max_origins: usize,
     tombstone_for: Duration,
 }
@@ -131,6 +155,8 @@ impl Replica {
     pub fn new(max_origins: usize, tombstone_for: Duration) -> Replica {
         Replica {
             slots: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
+            by_role: BTreeMap::new(),
             max_origins,
             tombstone_for,
         }
@@ -170,15 +196,32 @@ impl Replica {
             .cloned()
             .collect();
         // A node that announces again is evidently alive: clear a stale "down" mark.
-        self.slots.insert(
-            origin,
-            Slot::Live(Entry {
-                announcement,
-                bytes,
-                expires_at: now + lease,
-                down: false,
-            }),
-        );
+        let slot = Slot::Live(Entry {
+            announcement,
+            bytes,
+            expires_at: now + lease,
+            down: false,
+        });
+        let roles: Vec<RoleName> = match &slot {
+            Slot::Live(e) => e
+                .announcement
+                .instances
+                .iter()
+                .map(|i| i.role.clone())
+                .collect(),
+            Slot::Tombstone { .. } => Vec::new(),
+        };
+        self.deadlines.insert((slot.deadline(), origin));
+        if let Some(old) = self.slots.insert(origin, slot) {
+            self.deadlines.remove(&(old.deadline(), origin));
+            if let Slot::Live(e) = old {
+                self.unindex(origin, &e.announcement.instances);
+            }
+        }
+        // Index after unindexing the old announcement: roles it shares with the new one stay.
+        for role in roles {
+            self.by_role.entry(role).or_default().insert(origin);
+        }
         Offer::Accepted {
             added,
             removed,
@@ -186,8 +229,12 @@ impl Replica {
         }
     }
 
-    /// The stamp held for `origin` (live or tombstone).
-    pub fn stamp(&self, origin: &NodeId) -> Option<Stamp> {
+    /// The stamp held for `origin` (live or tombstone); `origin` is a node id or its raw bytes.
+    pub fn stamp<K>(&self, origin: &K) -> Option<Stamp>
+    where
+        K: Ord + ?Sized,
+        NodeId: Borrow<K>,
+    {
         self.slots.get(origin).map(Slot::stamp)
     }
 
@@ -200,7 +247,11 @@ impl Replica {
     }
 
     /// The signed bytes of `origin`'s live announcement and how much of its lease is left.
-    pub fn signed(&self, origin: &NodeId, now: Instant) -> Option<(&[u8], Duration)> {
+    pub fn signed<K>(&self, origin: &K, now: Instant) -> Option<(&[u8], Duration)>
+    where
+        K: Ord + ?Sized,
+        NodeId: Borrow<K>,
+    {
         match self.slots.get(origin) {
             Some(Slot::Live(e)) => Some((&e.bytes, e.expires_at.saturating_duration_since(now))),
             _ => None,
@@ -223,42 +274,52 @@ impl Replica {
         matches!(self.slots.get(origin), Some(Slot::Live(e)) if e.down)
     }
 
-    /// Expires leases that ran out by `now` and forgets old tombstones. Returns the instance keys
-    /// that disappeared, by origin.
-    pub fn handle_timeout(&mut self, now: Instant) -> Vec<(NodeId, Vec<InstanceKey>)> {
+    /// Expires leases that ran out by `now` and forgets old tombstones.
+    pub fn handle_timeout(&mut self, now: Instant) -> Expiry {
         let mut expired = Vec::new();
-        let tombstone_for = self.tombstone_for;
-        self.slots.retain(|origin, slot| match slot {
-            Slot::Live(e) if e.expires_at <= now => {
-                expired.push((*origin, keys(*origin, &e.announcement.instances)));
-                *slot = Slot::Tombstone {
-                    stamp: e.announcement.stamp,
-                    until: now + tombstone_for,
-                };
-                true
+        let mut forgotten = Vec::new();
+        while let Some(&(at, origin)) = self.deadlines.first() {
+            if at > now {
+                break;
             }
-            Slot::Tombstone { until, .. } => *until > now,
-            Slot::Live(_) => true,
-        });
-        expired
+            self.deadlines.pop_first();
+            match self.slots.remove(&origin) {
+                Some(Slot::Live(e)) => {
+                    self.unindex(origin, &e.announcement.instances);
+                    expired.push((origin, keys(origin, &e.announcement.instances)));
+                    let tomb = Slot::Tombstone {
+                        stamp: e.announcement.stamp,
+                        until: now + self.tombstone_for,
+                    };
+                    self.deadlines.insert((tomb.deadline(), origin));
+                    self.slots.insert(origin, tomb);
+                }
+                // A tombstone past its time is forgotten.
+                Some(Slot::Tombstone { .. }) => forgotten.push(origin),
+                None => {}
+            }
+        }
+        Expiry { expired, forgotten }
     }
 
     /// The next instant at which [`Replica::handle_timeout`] has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.slots
-            .values()
-            .map(|s| match s {
-                Slot::Live(e) => e.expires_at,
-                Slot::Tombstone { until, .. } => *until,
-            })
-            .min()
+        self.deadlines.first().map(|(at, _)| *at)
     }
 
     /// Healthy instances of `role` whose version is in `req`, from origins whose lease has not
     /// run out, ordered by (origin, service). (Origins SWIM declared down are still listed:
     /// balancing avoids them, see [`Replica::is_down`].)
     pub fn lookup(&self, role: &RoleName, req: &semver::VersionReq) -> Vec<Instance> {
-        self.live()
+        let Some(origins) = self.by_role.get(role) else {
+            return Vec::new();
+        };
+        let mut found: Vec<Instance> = origins
+            .iter()
+            .filter_map(|o| match self.slots.get(o) {
+                Some(Slot::Live(e)) => Some(e),
+                _ => None,
+            })
             .flat_map(|e| {
                 e.announcement
                     .instances
@@ -266,20 +327,38 @@ impl Replica {
                     .filter(|i| i.healthy && &i.role == role && req.matches(&i.version))
                     .map(|i| Instance::from_spec(e.announcement.origin, i))
             })
-            .collect()
+            .collect();
+        // Announcements list instances in the origin's order; sort within each origin.
+        found.sort_by(|a, b| (a.origin, &a.service).cmp(&(b.origin, &b.service)));
+        found
+    }
+
+    /// Removes `origin`'s instances from the role index.
+    fn unindex(&mut self, origin: NodeId, instances: &[InstanceSpec]) {
+        for i in instances {
+            if let Some(set) = self.by_role.get_mut(&i.role) {
+                set.remove(&origin);
+                if set.is_empty() {
+                    self.by_role.remove(&i.role);
+                }
+            }
+        }
     }
 
     /// Every instance held (healthy or not, down or not), ordered by (origin, service): for
     /// status displays and `/list`.
     pub fn all_instances(&self) -> Vec<Instance> {
-        self.live()
+        let mut all: Vec<Instance> = self
+            .live()
             .flat_map(|e| {
                 e.announcement
                     .instances
                     .iter()
                     .map(|i| Instance::from_spec(e.announcement.origin, i))
             })
-            .collect()
+            .collect();
+        all.sort_by(|a, b| (a.origin, &a.service).cmp(&(b.origin, &b.service)));
+        all
     }
 
     /// The instance `key`, if held (whatever its health).
@@ -338,4 +417,84 @@ fn keys(origin: NodeId, instances: &[InstanceSpec]) -> Vec<InstanceKey> {
             service: i.service.clone(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::NodeKey;
+
+    fn spec(service: &str, role: &str, version: &str, healthy: bool) -> InstanceSpec {
+        InstanceSpec {
+            service: ServiceName::parse(service).unwrap(),
+            role: RoleName::parse(role).unwrap(),
+            version: semver::Version::parse(version).unwrap(),
+            healthy,
+            port: None,
+        }
+    }
+
+    fn ann(key: &NodeKey, version: u64, instances: Vec<InstanceSpec>) -> Announcement {
+        Announcement {
+            origin: key.node_id(),
+            stamp: Stamp {
+                incarnation: 1,
+                version,
+            },
+            lease_ms: 10_000,
+            instances,
+        }
+    }
+
+    /// The role index follows replacements (roles kept, added, dropped) and expiry; lookups
+    /// are sorted by (origin, service) whatever the announcement's order.
+    #[test]
+    fn the_role_index_follows_every_change() {
+        let (a, b) = (NodeKey::from_seed([1; 32]), NodeKey::from_seed([2; 32]));
+        let mut r = Replica::new(8, Duration::from_secs(60));
+        let t = Instant::from_millis(0);
+        let any = semver::VersionReq::STAR;
+        let db = RoleName::parse("db").unwrap();
+        let web = RoleName::parse("web").unwrap();
+        let long = Duration::from_secs(100);
+        let list = vec![
+            spec("z", "db", "1.0.0", true),
+            spec("a", "db", "1.1.0", true),
+        ];
+        r.offer(ann(&a, 1, list), vec![], long, t);
+        let names: Vec<String> = r
+            .lookup(&db, &any)
+            .iter()
+            .map(|i| i.service.to_string())
+            .collect();
+        assert_eq!(names, ["a", "z"]);
+        // Same role kept, another added.
+        let list = vec![
+            spec("a", "db", "1.2.0", true),
+            spec("w", "web", "2.0.0", true),
+        ];
+        r.offer(ann(&a, 2, list), vec![], long, t);
+        assert_eq!(r.lookup(&db, &any).len(), 1);
+        assert_eq!(r.lookup(&web, &any).len(), 1);
+        r.offer(
+            ann(&b, 1, vec![spec("x", "db", "1.0.0", true)]),
+            vec![],
+            Duration::from_secs(5),
+            t,
+        );
+        assert_eq!(r.lookup(&db, &any).len(), 2);
+        // Role dropped.
+        r.offer(
+            ann(&a, 3, vec![spec("w", "web", "2.0.0", true)]),
+            vec![],
+            long,
+            t,
+        );
+        assert_eq!(r.lookup(&db, &any).len(), 1);
+        // Expiry of b (5 s).
+        r.handle_timeout(t + Duration::from_secs(6));
+        assert!(r.lookup(&db, &any).is_empty());
+        assert!(!r.by_role.contains_key(&db));
+        assert_eq!(r.lookup(&web, &any).len(), 1);
+    }
 }

@@ -66,6 +66,8 @@ pub struct Net {
     /// Deliver to nodes that are not directly linked, over a path of links (as the frontend's
     /// routing through relays would), at one latency per hop. Off: only direct links carry.
     pub routed: bool,
+    /// Cached shortest paths; cleared whenever the topology changes.
+    routes: Option<Vec<Vec<usize>>>,
     /// Health verdicts answered to HealthCheckDue (default healthy).
     pub health: BTreeMap<(usize, ServiceName), bool>,
     /// Every event, with the node and time.
@@ -101,6 +103,7 @@ impl Net {
             loss_per_mille: 0,
             latency: Duration::from_millis(5),
             routed: false,
+            routes: None,
             health: BTreeMap::new(),
             events: Vec::new(),
             delivered: 0,
@@ -131,6 +134,7 @@ impl Net {
 
     /// Links `a` and `b` (a connection comes up).
     pub fn connect(&mut self, a: usize, b: usize) {
+        self.routes = None;
         self.links.insert(pair(a, b));
         if !self.crashed.contains(&a) && !self.crashed.contains(&b) {
             let (ida, idb, now) = (self.ids[a], self.ids[b], self.now);
@@ -164,33 +168,51 @@ impl Net {
     }
 
     /// Number of links on the shortest usable path from `a` to `b` (1 for a direct link).
-    fn hops(&self, a: usize, b: usize) -> Option<usize> {
+    fn hops(&mut self, a: usize, b: usize) -> Option<usize> {
         if self.usable(a, b) {
             return Some(1);
         }
         if !self.routed || self.crashed.contains(&a) || self.crashed.contains(&b) {
             return None;
         }
+        if self.routes.is_none() {
+            self.routes = Some(self.all_pairs());
+        }
+        let d = self.routes.as_ref()?[a][b];
+        (d != usize::MAX).then_some(d)
+    }
+
+    /// Shortest path lengths over usable links (BFS from every node).
+    fn all_pairs(&self) -> Vec<Vec<usize>> {
         let n = self.nodes.len();
-        let mut dist = vec![usize::MAX; n];
-        let mut queue = std::collections::VecDeque::from([a]);
-        dist[a] = 0;
-        while let Some(x) = queue.pop_front() {
-            for y in 0..n {
-                if dist[y] == usize::MAX && self.usable(x, y) {
-                    dist[y] = dist[x] + 1;
-                    if y == b {
-                        return Some(dist[y]);
-                    }
-                    queue.push_back(y);
-                }
+        let mut adjacency = vec![Vec::new(); n];
+        for &(a, b) in &self.links {
+            if self.usable(a, b) {
+                adjacency[a].push(b);
+                adjacency[b].push(a);
             }
         }
-        None
+        (0..n)
+            .map(|start| {
+                let mut dist = vec![usize::MAX; n];
+                dist[start] = 0;
+                let mut queue = std::collections::VecDeque::from([start]);
+                while let Some(x) = queue.pop_front() {
+                    for &y in &adjacency[x] {
+                        if dist[y] == usize::MAX {
+                            dist[y] = dist[x] + 1;
+                            queue.push_back(y);
+                        }
+                    }
+                }
+                dist
+            })
+            .collect()
     }
 
     /// Cuts every link between `group` and the rest; both sides see the connections drop.
     pub fn partition(&mut self, group: &[usize]) {
+        self.routes = None;
         let links: Vec<(usize, usize)> = self.links.iter().copied().collect();
         for (a, b) in links {
             if group.contains(&a) != group.contains(&b) {
@@ -214,6 +236,7 @@ impl Net {
 
     /// Restores every cut link; connections come back up.
     pub fn heal(&mut self) {
+        self.routes = None;
         let cut: Vec<(usize, usize)> = std::mem::take(&mut self.cut).into_iter().collect();
         for (a, b) in cut {
             self.connect(a, b);
@@ -223,6 +246,7 @@ impl Net {
     /// Node `i` stops dead: no withdrawal, nothing sent or received; its neighbours notice the
     /// connections dropping.
     pub fn crash(&mut self, i: usize) {
+        self.routes = None;
         self.crashed.insert(i);
         let links: Vec<(usize, usize)> = self.links.iter().copied().collect();
         for (a, b) in links {
@@ -239,6 +263,7 @@ impl Net {
 
     /// Node `i` starts again (fresh state, same key) with `incarnation` and reconnects.
     pub fn restart(&mut self, i: usize, incarnation: u64, seed: u64) {
+        self.routes = None;
         self.nodes[i] = Net::make(i, &self.ids, &self.config, seed, incarnation, self.now);
         self.crashed.remove(&i);
         let links: Vec<(usize, usize)> = self.links.iter().copied().collect();
