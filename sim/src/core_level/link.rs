@@ -12,8 +12,9 @@
 //! after a timeout that backs off. A cut (partition) loses everything in that direction. What
 //! the mux sees is exactly a TCP-like pipe: in order, intact, sometimes slow, sometimes silent.
 //!
-//! The self-test defect [`crate::Defect::CorruptOneByte`] flips one byte *after* the checksum,
-//! i.e. simulates a transport bug the mux cannot detect by itself: the end-to-end invariants must.
+//! The self-test defect [`crate::Defect::CorruptOneByte`] flips one byte *after* this layer
+//! (in the harness, between link and session), i.e. a transport bug the mux cannot detect by
+//! itself: the end-to-end invariants must.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -82,8 +83,6 @@ pub struct SegLink {
     ooo: BTreeMap<u64, Bytes>,
     ready: VecDeque<Bytes>,
     delivered: u64,
-    /// Self-test: flip the byte at this offset of the delivered stream.
-    pub defect_at: Option<u64>,
     pub stats: LinkStats,
 }
 
@@ -93,13 +92,9 @@ impl SegLink {
         let jitter = Duration::from_millis(mix.jitter_ms);
         // The timeout covers a round trip at worst jitter plus a full window queued behind the
         // bandwidth limit, so that retransmissions are (almost) never spurious.
-        let queue = if mix.bandwidth > 0 {
-            Duration::from_micros(
-                (WINDOW as u64 * (MSS as u64 + OVERHEAD)) * 1_000_000 / mix.bandwidth,
-            )
-        } else {
-            Duration::ZERO
-        };
+        let queue = (WINDOW as u64 * (MSS as u64 + OVERHEAD) * 1_000_000)
+            .checked_div(mix.bandwidth)
+            .map_or(Duration::ZERO, Duration::from_micros);
         let rto = (latency + jitter) * 2 + queue * 2 + Duration::from_millis(20);
         SegLink {
             rng: SplitMix64::new(seed),
@@ -120,7 +115,6 @@ impl SegLink {
             ooo: BTreeMap::new(),
             ready: VecDeque::new(),
             delivered: 0,
-            defect_at: None,
             stats: LinkStats::default(),
         }
     }
@@ -270,7 +264,6 @@ impl SegLink {
                     }
                     while let Some(b) = self.ooo.remove(&self.expect) {
                         self.expect += 1;
-                        let b = self.apply_defect(b);
                         self.delivered += b.len() as u64;
                         self.stats.delivered_bytes += b.len() as u64;
                         self.ready.push_back(b);
@@ -281,18 +274,6 @@ impl SegLink {
             }
         }
         any
-    }
-
-    fn apply_defect(&mut self, b: Bytes) -> Bytes {
-        if let Some(at) = self.defect_at {
-            if at >= self.delivered && at < self.delivered + b.len() as u64 {
-                let mut m = BytesMut::from(&b[..]);
-                m[(at - self.delivered) as usize] ^= 0x5a;
-                self.defect_at = None;
-                return m.freeze();
-            }
-        }
-        b
     }
 
     /// Bytes ready for the receiving session, in order.

@@ -168,6 +168,8 @@ pub struct Shared {
     /// Whether each node's book has a connection to every peer (refreshed by the node).
     pub connected: Vec<bool>,
     pub defect: Option<Defect>,
+    /// Self-test ([`Defect::CorruptOneByte`]): the next pump flips one byte it forwards.
+    pub corrupt_pending: bool,
 }
 
 impl Shared {
@@ -431,6 +433,7 @@ pub fn run(spec: &NodeSpec, seed: u64, opts: &RunOpts) -> Outcome {
         svc_conns: vec![0; n],
         connected: vec![false; n],
         defect: opts.defect,
+        corrupt_pending: opts.defect == Some(Defect::CorruptOneByte),
     }));
     let heal = spec.chaos + Duration::from_millis(500);
     let check = heal + RECONNECT_WITHIN;

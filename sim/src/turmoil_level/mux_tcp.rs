@@ -23,7 +23,7 @@ use tokio_util::compat::TokioAsyncReadCompatExt;
 
 use crate::mix::{Knob, Mix, Profile};
 use crate::trace::Trace;
-use crate::{Outcome, RunOpts};
+use crate::{Defect, Outcome, RunOpts};
 
 const PROFILE: Profile = Profile {
     reorder: Knob::Swarm,
@@ -117,6 +117,7 @@ pub fn run(seed: u64, opts: &RunOpts) -> Outcome {
         Ok(())
     });
     let st = state.clone();
+    let defect = opts.defect;
     sim.client("client", async move {
         let server = (turmoil::lookup("server"), 9000);
         let tcp = turmoil::net::TcpStream::connect(server).await?;
@@ -131,11 +132,17 @@ pub fn run(seed: u64, opts: &RunOpts) -> Outcome {
             tasks.push(tokio::spawn(async move {
                 let mut g = SplitMix64::new(seed ^ id.wrapping_mul(0x9e37_79b9));
                 let payload: Vec<u8> = (0..size).map(|_| g.next_u64() as u8).collect();
+                // Self-test: the first stream's writer skips its first 50 bytes.
+                let skip = if defect == Some(Defect::DropOneWrite) && id == 0 && size > 100 {
+                    50
+                } else {
+                    0
+                };
                 let result = async {
                     let stream = conn.open().await.map_err(|e| e.to_string())?;
                     let (mut r, mut w) = stream.split();
                     let write = async {
-                        w.write_all(&payload).await?;
+                        w.write_all(&payload[skip..]).await?;
                         w.close().await
                     };
                     let read = async {

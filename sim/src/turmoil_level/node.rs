@@ -466,12 +466,13 @@ impl SimNode {
         {
             return;
         }
-        self.inner
-            .shared
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pumps[self.inner.cfg.index] += 1;
-        pump(tcp, send, recv).await;
+        let corrupt = {
+            let mut s = self.inner.shared.lock().unwrap_or_else(|e| e.into_inner());
+            s.pumps[self.inner.cfg.index] += 1;
+            // Self-test: the first pump to carry enough bytes flips one of them.
+            std::mem::take(&mut s.corrupt_pending)
+        };
+        pump(tcp, send, recv, corrupt).await;
         self.inner
             .shared
             .lock()
@@ -556,7 +557,12 @@ async fn read_reply(recv: &mut RecvStream) -> Result<DialReply, String> {
 
 /// Moves bytes both ways between a TCP connection and a QUIC stream: FIN maps to finish and
 /// back, an error on either side resets the other (as the daemon's pump does).
-async fn pump(tcp: turmoil::net::TcpStream, mut send: SendStream, mut recv: RecvStream) {
+async fn pump(
+    tcp: turmoil::net::TcpStream,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    mut corrupt: bool,
+) {
     let (mut tcp_read, mut tcp_write) = tcp.into_split();
     let reset = {
         let up = async {
@@ -582,7 +588,15 @@ async fn pump(tcp: turmoil::net::TcpStream, mut send: SendStream, mut recv: Recv
             loop {
                 match recv.read_chunk(64 * 1024, true).await {
                     Ok(Some(chunk)) => {
-                        if tcp_write.write_all(&chunk.bytes).await.is_err() {
+                        let mut bytes = chunk.bytes;
+                        if corrupt && bytes.len() > 100 {
+                            corrupt = false;
+                            let mut m = BytesMut::from(&bytes[..]);
+                            let i = bytes.len() / 2;
+                            m[i] ^= 0x5a;
+                            bytes = m.freeze();
+                        }
+                        if tcp_write.write_all(&bytes).await.is_err() {
                             return Err::<(), ()>(());
                         }
                     }

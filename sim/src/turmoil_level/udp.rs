@@ -78,12 +78,13 @@ impl AsyncUdpSocket for SimUdp {
         loop {
             match self.socket.try_recv_from(&mut bufs[0]) {
                 Ok((n, from)) => {
-                    let mut m = RecvMeta::default();
-                    m.addr = from;
-                    m.len = n;
-                    m.stride = n;
-                    m.dst_ip = Some(self.local.ip());
-                    meta[0] = m;
+                    meta[0] = RecvMeta {
+                        addr: from,
+                        len: n,
+                        stride: n,
+                        dst_ip: Some(self.local.ip()),
+                        ..RecvMeta::default()
+                    };
                     return Poll::Ready(Ok(1));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
