@@ -67,3 +67,113 @@ pub fn mux_session_input(data: &[u8]) {
         s.handle_timeout(now);
     }
 }
+
+/// The stream header and dial reply decoders: whatever decodes must survive a round trip
+/// (encode, decode again, same value), the two-step decode (prefix, then body) must agree with
+/// the one-shot decode, and the consumed length never exceeds the input. The first byte picks
+/// which decoder sees the rest.
+pub fn stream_header(data: &[u8]) {
+    use crate::wire::stream::{DialReply, StreamHeader, HEADER_PREFIX_LEN, REPLY_PREFIX_LEN};
+    let Some((&which, rest)) = data.split_first() else {
+        return;
+    };
+    if which & 1 == 0 {
+        if let Ok(Some((header, used))) = StreamHeader::decode(rest) {
+            assert!(used <= rest.len());
+            let again = header.encode();
+            let (back, n) = StreamHeader::decode(&again)
+                .expect("re-encoded header decodes")
+                .expect("re-encoded header is complete");
+            assert_eq!(back, header, "header round trip");
+            assert_eq!(n, again.len());
+            // Two-step decode as the daemon does it.
+            let prefix: [u8; HEADER_PREFIX_LEN] =
+                rest[..HEADER_PREFIX_LEN].try_into().expect("prefix");
+            let (kind, len) =
+                StreamHeader::decode_prefix(&prefix).expect("prefix of a decoded header");
+            assert_eq!(HEADER_PREFIX_LEN + len, used);
+            let body =
+                StreamHeader::decode_body(kind, &rest[HEADER_PREFIX_LEN..used]).expect("body");
+            assert_eq!(body, header);
+        }
+    } else if let Ok(Some((reply, used))) = DialReply::decode(rest) {
+        assert!(used <= rest.len());
+        let again = reply.encode();
+        let (back, n) = DialReply::decode(&again)
+            .expect("re-encoded reply decodes")
+            .expect("re-encoded reply is complete");
+        assert_eq!(back, reply, "reply round trip");
+        assert_eq!(n, again.len());
+        let prefix: [u8; REPLY_PREFIX_LEN] = rest[..REPLY_PREFIX_LEN].try_into().expect("prefix");
+        let (status, len) = DialReply::decode_prefix(&prefix).expect("prefix of a decoded reply");
+        assert_eq!(REPLY_PREFIX_LEN + len, used);
+        let again = DialReply::from_parts(status, &rest[REPLY_PREFIX_LEN..used]).expect("parts");
+        assert_eq!(again, reply);
+    }
+}
+
+/// Control-stream frames, decoded one after another as the daemon reads them: every decoded
+/// message re-encodes to a frame that decodes to the same message.
+pub fn control_messages(data: &[u8]) {
+    use crate::wire::control::ControlMessage;
+    let mut rest = data;
+    while let Ok(Some((message, used))) = ControlMessage::decode(rest) {
+        assert!(used > 0 && used <= rest.len());
+        let again = message.encode();
+        let (back, n) = ControlMessage::decode(&again)
+            .expect("re-encoded message decodes")
+            .expect("re-encoded message is complete");
+        assert_eq!(back, message, "control message round trip");
+        assert_eq!(n, again.len());
+        rest = &rest[used..];
+    }
+}
+
+/// Name and address parsing: DNS names in a zone (`parse_name`), node ids in text form, node
+/// labels, service/role/node names and zones. What parses prints back to text that parses to
+/// the same value. The input is split at the first `\n` into a zone and a name.
+pub fn names(data: &[u8]) {
+    use crate::addressing::{parse_name, NodeLabel, NodeName, RoleName, ServiceName, Zone};
+    use crate::identity::NodeId;
+    let text = String::from_utf8_lossy(data);
+    let (zone_text, name) = text.split_once('\n').unwrap_or(("svcnet", &text));
+    let zone = Zone::new(zone_text).unwrap_or_default();
+    if let Ok(z) = Zone::new(zone_text) {
+        assert_eq!(Zone::new(z.as_str()).expect("zone round trip"), z);
+    }
+    if let Ok(parsed) = parse_name(&zone, name) {
+        let fqdn = parsed.to_fqdn(&zone);
+        assert_eq!(
+            parse_name(&zone, &fqdn).expect("fqdn parses"),
+            parsed,
+            "{fqdn}"
+        );
+    }
+    if let Ok(id) = NodeId::parse_text(name) {
+        assert_eq!(
+            NodeId::parse_text(&id.to_text()).expect("id round trip"),
+            id
+        );
+    }
+    if let Ok(label) = NodeLabel::parse(name) {
+        assert_eq!(
+            NodeLabel::parse(&label.to_string()).expect("label round trip"),
+            label
+        );
+    }
+    if let Ok(s) = ServiceName::parse(name) {
+        assert_eq!(
+            ServiceName::parse(s.as_str()).expect("service round trip"),
+            s
+        );
+    }
+    if let Ok(r) = RoleName::parse(name) {
+        assert_eq!(RoleName::parse(r.as_str()).expect("role round trip"), r);
+    }
+    if let Ok(n) = NodeName::parse(name) {
+        assert_eq!(
+            NodeName::parse(n.as_str()).expect("node name round trip"),
+            n
+        );
+    }
+}

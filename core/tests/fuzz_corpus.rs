@@ -28,3 +28,18 @@ fn mux_frames_corpus() {
 fn mux_session_input_corpus() {
     replay("mux_session_input", svcnet_core::fuzzing::mux_session_input);
 }
+
+#[test]
+fn stream_header_corpus() {
+    replay("stream_header", svcnet_core::fuzzing::stream_header);
+}
+
+#[test]
+fn control_messages_corpus() {
+    replay("control_messages", svcnet_core::fuzzing::control_messages);
+}
+
+#[test]
+fn names_corpus() {
+    replay("names", svcnet_core::fuzzing::names);
+}
