@@ -92,7 +92,8 @@ const CORE_CHURN: CoreSpec = CoreSpec {
     chaos: Duration::from_secs(8),
     profile: Profile {
         resets: On,
-        bandwidth: Swarm,
+        // No bandwidth limit: hundreds of streams of up to 256 KiB would need minutes at the
+        // lowest rates (core-integrity covers rate limits).
         loss: Swarm,
         reorder: Swarm,
         streams: (100, 300),

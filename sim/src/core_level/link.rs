@@ -230,8 +230,18 @@ impl SegLink {
         any
     }
 
+    /// Retransmission timeout after `tries` resends: doubling once, then flat. Kept short
+    /// relative to the sessions' keep-alive timeout, so that loss alone (a few resends of one
+    /// segment) stalls a session for less than it takes to declare the link dead.
     fn backoff(&self, tries: u32) -> Duration {
-        self.rto * (1u32 << tries.min(3))
+        self.rto * (1u32 << tries.min(1))
+    }
+
+    /// Stops loss, duplication and corruption (the liveness phase).
+    pub fn heal_packet_faults(&mut self) {
+        self.loss = 0.0;
+        self.dup = 0.0;
+        self.corrupt = 0.0;
     }
 
     /// Delivers the packets due at `now`. `cut` is this direction's partition state (data),

@@ -170,11 +170,19 @@ pub struct Shared {
     pub defect: Option<Defect>,
     /// Self-test ([`Defect::CorruptOneByte`]): the next pump flips one byte it forwards.
     pub corrupt_pending: bool,
+    /// Per service host: the service process stays down (no listener) until then.
+    pub svc_down_until: Vec<Duration>,
 }
 
 impl Shared {
+    /// Records an event from inside a host (turmoil's clock is readable there).
     fn log(&mut self, event: &str, values: &[u64]) {
         self.trace.record(node::now().as_micros(), event, values);
+    }
+
+    /// Records an event from the driver, outside any host.
+    fn log_at(&mut self, at: Duration, event: &str, values: &[u64]) {
+        self.trace.record(at.as_micros() as u64, event, values);
     }
 }
 
@@ -206,6 +214,11 @@ fn node_key_seed(seed: u64, i: usize) -> [u8; 32] {
 /// The echo service on a service host: reads the frame header, echoes every byte, and records
 /// whether it got the whole frame before the end.
 async fn echo_service(k: usize, shared: Arc<Mutex<Shared>>) -> turmoil::Result {
+    // After the service process died, the host (its kernel) stays up without a listener for a
+    // while: connections are refused, packets of old connections are answered with RST.
+    let down_until = lock(&shared).svc_down_until[k];
+    let now = turmoil::sim_elapsed().unwrap_or_default();
+    tokio::time::sleep(down_until.saturating_sub(now)).await;
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", SERVICE_PORT)).await?;
     loop {
         let (mut tcp, _) = listener.accept().await?;
@@ -416,7 +429,8 @@ enum Fault {
     Repair(usize, usize),
     Oneway(usize, usize),
     RepairOneway(usize, usize),
-    Crash(String),
+    /// A host crashes; for a service host, its process stays down until the given time.
+    Crash(String, Duration),
     Bounce(String),
 }
 
@@ -434,6 +448,7 @@ pub fn run(spec: &NodeSpec, seed: u64, opts: &RunOpts) -> Outcome {
         connected: vec![false; n],
         defect: opts.defect,
         corrupt_pending: opts.defect == Some(Defect::CorruptOneByte),
+        svc_down_until: vec![Duration::ZERO; n],
     }));
     let heal = spec.chaos + Duration::from_millis(500);
     let check = heal + RECONNECT_WITHIN;
@@ -510,7 +525,7 @@ pub fn run(spec: &NodeSpec, seed: u64, opts: &RunOpts) -> Outcome {
                     } else {
                         format!("n{a}")
                     };
-                    faults.push((t, Fault::Crash(host.clone())));
+                    faults.push((t, Fault::Crash(host.clone(), t + dur)));
                     faults.push((t + dur, Fault::Bounce(host)));
                 }
             }
@@ -553,7 +568,7 @@ pub fn run(spec: &NodeSpec, seed: u64, opts: &RunOpts) -> Outcome {
         let t = sim.elapsed();
         while faults.front().is_some_and(|f| f.0 <= t) {
             let (_, f) = faults.pop_front().expect("fault");
-            apply_fault(&mut sim, &shared, &f, &mut crashed, n);
+            apply_fault(&mut sim, &shared, &f, &mut crashed, t);
         }
         if !healed && t >= heal {
             healed = true;
@@ -568,7 +583,7 @@ pub fn run(spec: &NodeSpec, seed: u64, opts: &RunOpts) -> Outcome {
             for h in crashed.drain(..) {
                 sim.bounce(h.as_str());
             }
-            lock(&shared).log("heal-all", &[]);
+            lock(&shared).log_at(t, "heal-all", &[]);
         }
         if !checked && t >= check {
             checked = true;
@@ -641,39 +656,49 @@ fn apply_fault(
     shared: &Arc<Mutex<Shared>>,
     f: &Fault,
     crashed: &mut Vec<String>,
-    _n: usize,
+    t: Duration,
 ) {
     let name = |i: usize| format!("n{i}");
     match f {
         Fault::Partition(a, b) => {
             sim.partition(name(*a), name(*b));
-            lock(shared).log("partition", &[*a as u64, *b as u64]);
+            lock(shared).log_at(t, "partition", &[*a as u64, *b as u64]);
         }
         Fault::Repair(a, b) => {
             sim.repair(name(*a), name(*b));
-            lock(shared).log("repair", &[*a as u64, *b as u64]);
+            lock(shared).log_at(t, "repair", &[*a as u64, *b as u64]);
         }
         Fault::Oneway(a, b) => {
             sim.partition_oneway(name(*a), name(*b));
-            lock(shared).log("partition-oneway", &[*a as u64, *b as u64]);
+            lock(shared).log_at(t, "partition-oneway", &[*a as u64, *b as u64]);
         }
         Fault::RepairOneway(a, b) => {
             sim.repair_oneway(name(*a), name(*b));
-            lock(shared).log("repair-oneway", &[*a as u64, *b as u64]);
+            lock(shared).log_at(t, "repair-oneway", &[*a as u64, *b as u64]);
         }
-        Fault::Crash(h) => {
+        Fault::Crash(h, down_until) => {
             if crashed.contains(h) {
                 return;
             }
-            sim.crash(h.as_str());
-            crashed.push(h.clone());
-            let mut s = lock(shared);
             let idx: usize = h
                 .trim_start_matches(|c: char| c.is_ascii_alphabetic())
                 .parse()
                 .unwrap_or(0);
             let is_svc = h.starts_with("svc");
-            s.log(
+            sim.crash(h.as_str());
+            if is_svc {
+                // A service *process* dies: its sockets close (FIN, or RST with unread data)
+                // and its host stays up without a listener until the fault's end, refusing
+                // connections and answering old connections' packets with RST. (A host that
+                // vanishes from the network is a node crash, below.)
+                lock(shared).svc_down_until[idx] = *down_until;
+                sim.bounce(h.as_str());
+            } else {
+                crashed.push(h.clone());
+            }
+            let mut s = lock(shared);
+            s.log_at(
+                t,
                 if is_svc {
                     "crash-service"
                 } else {
@@ -709,7 +734,7 @@ fn apply_fault(
             if let Some(p) = crashed.iter().position(|c| c == h) {
                 crashed.remove(p);
                 sim.bounce(h.as_str());
-                lock(shared).log("restart", &[]);
+                lock(shared).log_at(t, "restart", &[]);
             }
         }
     }

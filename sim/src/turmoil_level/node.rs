@@ -39,6 +39,8 @@ pub const QUIC_PORT: u16 = 7700;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest a pump waits for a service's TCP window to open (see `pump`).
+const TCP_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Current simulated time on the core's clock.
 pub fn now() -> Instant {
@@ -472,7 +474,7 @@ impl SimNode {
             // Self-test: the first pump to carry enough bytes flips one of them.
             std::mem::take(&mut s.corrupt_pending)
         };
-        pump(tcp, send, recv, corrupt).await;
+        pump(tcp, send, recv, corrupt, self.inner.shared.clone()).await;
         self.inner
             .shared
             .lock()
@@ -562,6 +564,7 @@ async fn pump(
     mut send: SendStream,
     mut recv: RecvStream,
     mut corrupt: bool,
+    shared: Arc<Mutex<Shared>>,
 ) {
     let (mut tcp_read, mut tcp_write) = tcp.into_split();
     let reset = {
@@ -573,6 +576,7 @@ async fn pump(
                 match tcp_read.read_buf(&mut buf).await {
                     Ok(0) => {
                         let _ = send.finish();
+                        log(&shared, "pump-up-eof", &[]);
                         return Ok::<(), ()>(());
                     }
                     Ok(_) => {
@@ -596,12 +600,22 @@ async fn pump(
                             m[i] ^= 0x5a;
                             bytes = m.freeze();
                         }
-                        if tcp_write.write_all(&bytes).await.is_err() {
-                            return Err::<(), ()>(());
+                        // turmoil TCP has flow control but never wakes a writer blocked on a
+                        // full window when the peer's socket is gone (a kernel would answer
+                        // with RST, or give up after TCP_USER_TIMEOUT): bound the write.
+                        match tokio::time::timeout(TCP_WRITE_TIMEOUT, tcp_write.write_all(&bytes))
+                            .await
+                        {
+                            Ok(Ok(())) => {}
+                            _ => {
+                                log(&shared, "pump-write-failed", &[]);
+                                return Err::<(), ()>(());
+                            }
                         }
                     }
                     Ok(None) => {
                         let _ = tcp_write.shutdown().await;
+                        log(&shared, "pump-down-fin", &[]);
                         return Ok(());
                     }
                     Err(_) => return Err(()),
@@ -617,6 +631,7 @@ async fn pump(
         };
         reset
     };
+    log(&shared, "pump-end", &[u64::from(reset)]);
     if reset {
         let _ = send.reset(VarInt::from_u32(stream_error::CONNECTION_RESET));
         let _ = recv.stop(VarInt::from_u32(stream_error::CONNECTION_RESET));
