@@ -251,7 +251,7 @@ fn main() {
         results.len(),
         started.elapsed().as_secs_f64(),
         args.jobs,
-        if any_failed {
+        if any_failed && args.save && args.defect.is_none() {
             "; failing seeds appended to sim/seeds/"
         } else {
             ""
