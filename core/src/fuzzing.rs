@@ -177,3 +177,134 @@ pub fn names(data: &[u8]) {
         );
     }
 }
+
+/// Mux operation sequences against a model. Two sessions joined by the in-memory harness
+/// ([`crate::mux::testing::Pair`]) run operations decoded from `data` — open, write, read,
+/// finish, reset on either side, deliver, advance time — while a model keeps, per stream and
+/// direction, the bytes written and the bytes read. Properties: what a side reads is always a
+/// prefix of what the other side wrote; end of stream is seen only after the writer finished,
+/// and then with every byte; a reset stream never yields more data.
+pub fn mux_ops(data: &[u8]) {
+    use crate::mux::testing::{Pair, Side};
+    use crate::mux::{Event, StreamError, StreamId};
+    use std::collections::BTreeMap;
+
+    #[derive(Default)]
+    struct Model {
+        /// Per side (0 client, 1 server): written bytes, read bytes, finished, read EOF, and
+        /// whether this side knows the stream (the opener at once, the peer after `Opened`).
+        sent: [Vec<u8>; 2],
+        read: [Vec<u8>; 2],
+        finished: [bool; 2],
+        eof: [bool; 2],
+        known: [bool; 2],
+        reset: bool,
+    }
+    let side_of = |b: u8| {
+        if b & 1 == 0 {
+            Side::Client
+        } else {
+            Side::Server
+        }
+    };
+    let ix = |s: Side| usize::from(s == Side::Server);
+    let mut pair = Pair::new(u64::from(data.first().copied().unwrap_or(0)));
+    let mut streams: BTreeMap<StreamId, Model> = BTreeMap::new();
+    let mut bytes = data.iter().copied();
+    let mut buf = vec![0u8; 8192];
+    while let (Some(op), Some(arg)) = (bytes.next(), bytes.next()) {
+        let side = side_of(arg);
+        let s = ix(side);
+        let pick = |streams: &BTreeMap<StreamId, Model>| {
+            let ids: Vec<StreamId> = streams.keys().copied().collect();
+            (!ids.is_empty()).then(|| ids[usize::from(arg >> 1) % ids.len()])
+        };
+        match op % 8 {
+            0 => {
+                let now = pair.now;
+                if let Ok(id) = pair.session(side).open(now) {
+                    let m = streams.entry(id).or_default();
+                    m.known[s] = true;
+                }
+            }
+            1 | 2 => {
+                let Some(id) = pick(&streams) else { continue };
+                let m = streams.get_mut(&id).expect("stream");
+                if !m.known[s] || m.finished[s] || m.reset {
+                    continue;
+                }
+                let len = usize::from(arg) * 61 % 20_000;
+                let start = m.sent[s].len();
+                let chunk: Vec<u8> = (start..start + len)
+                    .map(|i| (i * 7 + id as usize) as u8)
+                    .collect();
+                if let Ok(n) = pair.session(side).write(id, &chunk) {
+                    m.sent[s].extend_from_slice(&chunk[..n]);
+                }
+            }
+            3 => {
+                let Some(id) = pick(&streams) else { continue };
+                let m = streams.get_mut(&id).expect("stream");
+                if !m.known[s] || m.eof[s] || m.reset {
+                    continue;
+                }
+                match pair.session(side).read(id, &mut buf) {
+                    Ok(0) => {
+                        assert!(
+                            m.finished[1 - s],
+                            "stream {id}: EOF before the writer finished"
+                        );
+                        assert_eq!(
+                            m.read[s],
+                            m.sent[1 - s],
+                            "stream {id}: EOF with bytes missing"
+                        );
+                        m.eof[s] = true;
+                    }
+                    Ok(n) => {
+                        m.read[s].extend_from_slice(&buf[..n]);
+                        assert!(
+                            m.sent[1 - s].starts_with(&m.read[s]),
+                            "stream {id}: read bytes that were not written"
+                        );
+                    }
+                    Err(StreamError::Blocked) => {}
+                    Err(_) => {}
+                }
+            }
+            4 => {
+                let Some(id) = pick(&streams) else { continue };
+                let m = streams.get_mut(&id).expect("stream");
+                if m.known[s] && !m.finished[s] && !m.reset && pair.session(side).finish(id).is_ok()
+                {
+                    m.finished[s] = true;
+                }
+            }
+            5 => {
+                let Some(id) = pick(&streams) else { continue };
+                let m = streams.get_mut(&id).expect("stream");
+                if m.known[s] && arg & 0x40 != 0 && pair.session(side).reset(id, 1).is_ok() {
+                    m.reset = true;
+                }
+            }
+            6 => pair.run_until_idle(),
+            _ => pair.advance(std::time::Duration::from_millis(u64::from(arg) * 10)),
+        }
+        // Events: the peer learns of streams, resets end them.
+        pair.step();
+        for side in [Side::Client, Side::Server] {
+            let s = ix(side);
+            for ev in std::mem::take(pair.events(side)) {
+                match ev {
+                    Event::Opened(id) => streams.entry(id).or_default().known[s] = true,
+                    Event::Reset { stream, .. } => {
+                        if let Some(m) = streams.get_mut(&stream) {
+                            m.reset = true;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}

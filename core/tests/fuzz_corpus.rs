@@ -43,3 +43,8 @@ fn control_messages_corpus() {
 fn names_corpus() {
     replay("names", svcnet_core::fuzzing::names);
 }
+
+#[test]
+fn mux_ops_corpus() {
+    replay("mux_ops", svcnet_core::fuzzing::mux_ops);
+}
