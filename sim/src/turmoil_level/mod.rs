@@ -172,6 +172,8 @@ pub struct Shared {
     pub corrupt_pending: bool,
     /// Per service host: the service process stays down (no listener) until then.
     pub svc_down_until: Vec<Duration>,
+    /// Coverage counters (faults applied, dials, connections, …).
+    pub counters: BTreeMap<&'static str, u64>,
 }
 
 impl Shared {
@@ -183,6 +185,10 @@ impl Shared {
     /// Records an event from the driver, outside any host.
     fn log_at(&mut self, at: Duration, event: &str, values: &[u64]) {
         self.trace.record(at.as_micros() as u64, event, values);
+    }
+
+    fn bump(&mut self, key: &'static str) {
+        *self.counters.entry(key).or_default() += 1;
     }
 }
 
@@ -449,6 +455,7 @@ pub fn run(spec: &NodeSpec, seed: u64, opts: &RunOpts) -> Outcome {
         defect: opts.defect,
         corrupt_pending: opts.defect == Some(Defect::CorruptOneByte),
         svc_down_until: vec![Duration::ZERO; n],
+        counters: BTreeMap::new(),
     }));
     let heal = spec.chaos + Duration::from_millis(500);
     let check = heal + RECONNECT_WITHIN;
@@ -626,7 +633,7 @@ pub fn run(spec: &NodeSpec, seed: u64, opts: &RunOpts) -> Outcome {
     let sim_millis = sim.elapsed().as_millis() as u64;
     drop(sim);
     let mut s = lock(&shared);
-    let mut counters = BTreeMap::new();
+    let mut counters = std::mem::take(&mut s.counters);
     check_streams(&s, &mut violations, &mut counters);
     for (i, p) in s.pumps.iter().enumerate() {
         if *p != 0 {
@@ -662,7 +669,11 @@ fn apply_fault(
     match f {
         Fault::Partition(a, b) => {
             sim.partition(name(*a), name(*b));
-            lock(shared).log_at(t, "partition", &[*a as u64, *b as u64]);
+            {
+                let mut s = lock(shared);
+                s.log_at(t, "partition", &[*a as u64, *b as u64]);
+                s.bump("partitions");
+            }
         }
         Fault::Repair(a, b) => {
             sim.repair(name(*a), name(*b));
@@ -670,7 +681,11 @@ fn apply_fault(
         }
         Fault::Oneway(a, b) => {
             sim.partition_oneway(name(*a), name(*b));
-            lock(shared).log_at(t, "partition-oneway", &[*a as u64, *b as u64]);
+            {
+                let mut s = lock(shared);
+                s.log_at(t, "partition-oneway", &[*a as u64, *b as u64]);
+                s.bump("oneway_partitions");
+            }
         }
         Fault::RepairOneway(a, b) => {
             sim.repair_oneway(name(*a), name(*b));
@@ -697,6 +712,11 @@ fn apply_fault(
                 crashed.push(h.clone());
             }
             let mut s = lock(shared);
+            s.bump(if is_svc {
+                "service_deaths"
+            } else {
+                "node_crashes"
+            });
             s.log_at(
                 t,
                 if is_svc {

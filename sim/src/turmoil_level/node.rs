@@ -111,6 +111,17 @@ fn transport() -> quinn::TransportConfig {
 fn log(shared: &Arc<Mutex<Shared>>, event: &str, values: &[u64]) {
     let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
     s.trace.record(now().as_micros(), event, values);
+    // Coverage: how often the interesting transitions happened.
+    let key = match event {
+        "dial" => "dials",
+        "dial-failed" => "dial_failures",
+        "connected" => "connections",
+        "conn-closed" => "connections_closed",
+        "service-dial-failed" => "service_refusals",
+        "pump-end" if values.first() == Some(&1) => "pumps_reset",
+        _ => return,
+    };
+    *s.counters.entry(key).or_default() += 1;
 }
 
 impl SimNode {
