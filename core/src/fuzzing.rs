@@ -198,7 +198,8 @@ pub fn mux_ops(data: &[u8]) {
         finished: [bool; 2],
         eof: [bool; 2],
         known: [bool; 2],
-        reset: bool,
+        /// Whether each side has seen the stream reset (its own reset, or the peer's event).
+        reset: [bool; 2],
     }
     let side_of = |b: u8| {
         if b & 1 == 0 {
@@ -230,7 +231,7 @@ pub fn mux_ops(data: &[u8]) {
             1 | 2 => {
                 let Some(id) = pick(&streams) else { continue };
                 let m = streams.get_mut(&id).expect("stream");
-                if !m.known[s] || m.finished[s] || m.reset {
+                if !m.known[s] || m.finished[s] || m.reset[s] {
                     continue;
                 }
                 let len = usize::from(arg) * 61 % 20_000;
@@ -245,10 +246,18 @@ pub fn mux_ops(data: &[u8]) {
             3 => {
                 let Some(id) = pick(&streams) else { continue };
                 let m = streams.get_mut(&id).expect("stream");
-                if !m.known[s] || m.eof[s] || m.reset {
+                if !m.known[s] || m.eof[s] {
                     continue;
                 }
-                match pair.session(side).read(id, &mut buf) {
+                let result = pair.session(side).read(id, &mut buf);
+                if m.reset[s] {
+                    assert!(
+                        !matches!(result, Ok(n) if n > 0),
+                        "stream {id}: data read after the reset"
+                    );
+                    continue;
+                }
+                match result {
                     Ok(0) => {
                         assert!(
                             m.finished[1 - s],
@@ -275,7 +284,10 @@ pub fn mux_ops(data: &[u8]) {
             4 => {
                 let Some(id) = pick(&streams) else { continue };
                 let m = streams.get_mut(&id).expect("stream");
-                if m.known[s] && !m.finished[s] && !m.reset && pair.session(side).finish(id).is_ok()
+                if m.known[s]
+                    && !m.finished[s]
+                    && !m.reset[s]
+                    && pair.session(side).finish(id).is_ok()
                 {
                     m.finished[s] = true;
                 }
@@ -283,8 +295,12 @@ pub fn mux_ops(data: &[u8]) {
             5 => {
                 let Some(id) = pick(&streams) else { continue };
                 let m = streams.get_mut(&id).expect("stream");
-                if m.known[s] && arg & 0x40 != 0 && pair.session(side).reset(id, 1).is_ok() {
-                    m.reset = true;
+                if m.known[s]
+                    && !m.reset[s]
+                    && arg & 0x40 != 0
+                    && pair.session(side).reset(id, 1).is_ok()
+                {
+                    m.reset[s] = true;
                 }
             }
             6 => pair.run_until_idle(),
@@ -299,7 +315,7 @@ pub fn mux_ops(data: &[u8]) {
                     Event::Opened(id) => streams.entry(id).or_default().known[s] = true,
                     Event::Reset { stream, .. } => {
                         if let Some(m) = streams.get_mut(&stream) {
-                            m.reset = true;
+                            m.reset[s] = true;
                         }
                     }
                     _ => {}

@@ -25,7 +25,7 @@ pub struct ScenarioDef {
     pub run: fn(u64, &RunOpts) -> Outcome,
 }
 
-use Knob::{Off, On, Swarm};
+use Knob::{On, Swarm};
 
 const CORE_INTEGRITY: CoreSpec = CoreSpec {
     name: "core-integrity",
@@ -212,6 +212,3 @@ pub const SCENARIOS: &[ScenarioDef] = &[
 pub fn find(name: &str) -> Option<&'static ScenarioDef> {
     SCENARIOS.iter().find(|s| s.name == name)
 }
-
-#[allow(dead_code)]
-const _: Knob = Off;

@@ -215,13 +215,12 @@ impl SegLink {
             .map(|(s, _)| *s)
             .collect();
         for seq in due {
-            let (bytes, tries) = {
+            let bytes = {
                 let e = self.unacked.get_mut(&seq).expect("due segment");
                 e.1 = now;
                 e.2 += 1;
-                (e.0.clone(), e.2)
+                e.0.clone()
             };
-            let _ = tries;
             self.stats.retransmits += 1;
             let sum = checksum(&bytes);
             self.transmit(now, Packet::Data { seq, bytes, sum }, cut);

@@ -1037,11 +1037,11 @@ fn check_pair(r: usize, a: &End, b: &End) -> Vec<String> {
         }
         (Some(_), Some(_)) => {}
         (Some(e), None) | (None, Some(e)) => {
-            // One end failed, the other completed: allowed only if the completed end got
-            // everything the failed end was supposed to send and sent everything... which
-            // cannot be the case for a failure mid-stream. The completed end must have seen
-            // its stream complete with the other's full data, i.e. the failure came after both
-            // directions had ended (a late reset of an already finished stream).
+            // One end failed, the other completed. The completed end read the failed end's FIN,
+            // so the failed end must have written its whole payload and the completed end must
+            // have read exactly that: the failure hit only the other direction (data the
+            // completed end sent, which no sender can know was read). Anything less means a
+            // stream completed with missing or wrong data.
             let (ok_end, bad_end) = if a.error.is_none() { (a, b) } else { (b, a) };
             let full = bad_end.sent == bad_end.total
                 && ok_end.recv_len == bad_end.total
