@@ -88,6 +88,7 @@ pub fn run(seed: u64, opts: &RunOpts) -> Outcome {
         .simulation_duration(Duration::from_secs(120))
         .min_message_latency(Duration::from_millis(mix.latency_ms))
         .max_message_latency(Duration::from_millis(mix.latency_ms + mix.jitter_ms))
+        .tcp_capacity(super::TCP_CAPACITY)
         .build();
     sim.host("server", || async {
         let listener = turmoil::net::TcpListener::bind(("0.0.0.0", 9000)).await?;
