@@ -3,7 +3,10 @@
 #![no_main]
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
-        if let Err(e) = svcnet::config::Config::from_toml(text, std::path::Path::new("/nonexistent/svcnet.toml")) {
+        if let Err(e) = svcnet::config::Config::from_toml(
+            text,
+            std::path::Path::new("/nonexistent/svcnet.toml"),
+        ) {
             let _ = e.to_string();
         }
     }
