@@ -52,6 +52,16 @@ demo *ARGS:
 bench-netstack *ARGS:
     cargo run --release -p svcnet-bench --bin bench-netstack -- {{ARGS}}
 
+# Simulation: every scenario over N seeds on all cores with a summary table, or one replay:
+# `just sim`, `just sim core-crash --seeds 100`, `just sim node-crash --seed 0x2a` (see docs/simulation.md).
+sim *ARGS:
+    cargo run --release -q -p svcnet-sim -- {{ARGS}}
+
+# Determinism check: each scenario's seed run twice in separate processes must give the same
+# trace hash, and the next seed a different one.
+sim-check SEED="0x5eed":
+    bash sim/check.sh {{SEED}}
+
 # Fuzz every target for SECONDS each (nightly and cargo-fuzz: `cargo install cargo-fuzz`).
 fuzz SECONDS="60":
     cd fuzz && for t in $(cargo +nightly fuzz list); do cargo +nightly fuzz run "$t" corpus/"$t" -- -max_total_time={{SECONDS}} || exit 1; done

@@ -213,3 +213,23 @@ fn regenerate_registry_merge_corpus() {
         std::fs::write(dir.join(name), bytes).unwrap();
     }
 }
+
+#[test]
+fn stream_header_corpus() {
+    replay("stream_header", svcnet_core::fuzzing::stream_header);
+}
+
+#[test]
+fn control_messages_corpus() {
+    replay("control_messages", svcnet_core::fuzzing::control_messages);
+}
+
+#[test]
+fn names_corpus() {
+    replay("names", svcnet_core::fuzzing::names);
+}
+
+#[test]
+fn mux_ops_corpus() {
+    replay("mux_ops", svcnet_core::fuzzing::mux_ops);
+}
