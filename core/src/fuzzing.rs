@@ -606,3 +606,39 @@ pub fn mux_ops(data: &[u8]) {
         }
     }
 }
+
+/// The DNS responder ([`crate::dns::answer`]): arbitrary bytes never panic, and every reply is a
+/// well-formed DNS response to the query it answers (same id, QR set). The first byte picks
+/// whether names outside the zone are forwarded.
+pub fn dns_handler(data: &[u8]) {
+    use crate::addressing::{Name, NetworkPrefix, NodeLabel, Zone};
+    use crate::dns::{answer, Outcome};
+    let Some((&flags, query)) = data.split_first() else {
+        return;
+    };
+    let zone = Zone::new("svcnet").expect("valid zone");
+    let prefix = NetworkPrefix::derive("svcnet");
+    let alpha = crate::identity::NodeKey::from_seed([1; 32]).node_id();
+    let lookup = |name: &Name| match name {
+        Name::Node { node } | Name::Service { node, .. }
+            if *node
+                == NodeLabel::Name(crate::addressing::NodeName::parse("alpha").expect("name")) =>
+        {
+            Some(prefix.node_address(&alpha))
+        }
+        _ => None,
+    };
+    match answer(query, &zone, flags & 1 == 1, lookup) {
+        Outcome::Reply(bytes) => {
+            let reply = hickory_proto::op::Message::from_vec(&bytes)
+                .expect("every reply parses as a DNS message");
+            assert_eq!(
+                reply.message_type(),
+                hickory_proto::op::MessageType::Response
+            );
+            assert_eq!(&bytes[..2], &query[..2], "the reply carries the query's id");
+        }
+        Outcome::Forward => assert!(flags & 1 == 1, "forward only when forwarding"),
+        Outcome::Drop => {}
+    }
+}

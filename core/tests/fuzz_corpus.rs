@@ -233,3 +233,8 @@ fn names_corpus() {
 fn mux_ops_corpus() {
     replay("mux_ops", svcnet_core::fuzzing::mux_ops);
 }
+
+#[test]
+fn dns_handler_corpus() {
+    replay("dns_handler", svcnet_core::fuzzing::dns_handler);
+}
