@@ -164,6 +164,22 @@ fn quic_socket_options(config: &Config) -> crate::sockopt::SocketOptions {
     opts
 }
 
+/// A service dial's options: the configured ones, with keep-alive (30 s idle, 10 s × 3 probes)
+/// and a 60 s TCP_USER_TIMEOUT unless configured, so a target host that vanishes without a RST
+/// frees its stream and connection slot within about a minute instead of the kernel's ~15.
+fn service_dial_options(
+    configured: &crate::sockopt::SocketOptions,
+) -> crate::sockopt::SocketOptions {
+    let mut options = configured.clone();
+    options.keepalive.get_or_insert(crate::sockopt::Keepalive {
+        idle: Duration::from_secs(30),
+        interval: Duration::from_secs(10),
+        count: 3,
+    });
+    options.user_timeout.get_or_insert(Duration::from_secs(60));
+    options
+}
+
 fn reset_key(config: &Config) -> Arc<ring::hmac::Key> {
     // Derived from the node key so that a restarted node can still send valid stateless resets
     // for connections its previous run held: peers then notice the restart at once instead of
@@ -740,13 +756,9 @@ impl Node {
                 .collect(),
         };
         let mut last = DialReply::new(DialStatus::Unreachable, "target name has no addresses");
+        let options = service_dial_options(&service.socket);
         for addr in addrs {
-            match sockopt::dial_tcp(
-                addr,
-                &service.socket,
-                self.inner.config.limits.connect_timeout,
-            )
-            .await
+            match sockopt::dial_tcp(addr, &options, self.inner.config.limits.connect_timeout).await
             {
                 Ok(stream) => return Ok((stream, name.to_string())),
                 Err(e) => {
