@@ -4,7 +4,8 @@
 //! [`CoreSpec`] (nodes, chaos length, which faults the swarm may switch on); whole-node scenarios
 //! are a [`turmoil_level::NodeSpec`] run by [`crate::turmoil_level`]. Plug-in points for the subsystems that
 //! land later (see `docs/simulation.md`): the netstack (many TCP connections through the
-//! user-space stack: a `NodeSpec` whose clients dial service IPs through a simulated TUN), the
+//! user-space stack: `core-netstack` drives it at core level; a node-level variant would be a
+//! `NodeSpec` whose clients dial service IPs through a simulated TUN), the
 //! registry (convergence after healing: a core-level spec with a registry per node and an
 //! invariant in `core_level::World::check_end`), DNS (names resolve to the right service
 //! addresses during churn).
@@ -134,6 +135,12 @@ fn node_mux_tcp(seed: u64, opts: &RunOpts) -> Outcome {
 
 /// Every scenario, in the order `just sim` runs them.
 pub const SCENARIOS: &[ScenarioDef] = &[
+    ScenarioDef {
+        name: core_level::netstack::NAME,
+        level: "core",
+        about: "hundreds of TCP connections through the netstack from client stacks behind a lossy, duplicating, corrupting, reordering packet link",
+        run: core_level::netstack::run,
+    },
     ScenarioDef {
         name: "core-integrity",
         level: "core",

@@ -64,6 +64,7 @@ macro_rules! quick {
 }
 
 quick! {
+    core_netstack => "core-netstack",
     core_integrity => "core-integrity",
     core_partition => "core-partition",
     core_oneway => "core-oneway",
@@ -80,12 +81,12 @@ quick! {
 
 #[test]
 fn every_scenario_has_a_quick_test() {
-    assert_eq!(SCENARIOS.len(), 12, "add the new scenario to quick! above");
+    assert_eq!(SCENARIOS.len(), 13, "add the new scenario to quick! above");
 }
 
 #[test]
 fn same_seed_same_trace_different_seed_different_trace() {
-    for name in ["core-partition", "node-mux-tcp"] {
+    for name in ["core-partition", "core-netstack", "node-mux-tcp"] {
         let a = svcnet_sim::run(name, 42, &RunOpts::default()).expect("scenario");
         let b = svcnet_sim::run(name, 42, &RunOpts::default()).expect("scenario");
         let c = svcnet_sim::run(name, 43, &RunOpts::default()).expect("scenario");
@@ -140,4 +141,10 @@ fn self_test_node_level_catches_a_corrupted_byte() {
 #[test]
 fn self_test_node_level_catches_a_dropped_write() {
     detected_within("node-mux-tcp", Defect::DropOneWrite, 5);
+}
+
+#[test]
+fn self_test_netstack_level_catches_a_corrupted_byte_and_a_dropped_write() {
+    detected_within("core-netstack", Defect::CorruptOneByte, 3);
+    detected_within("core-netstack", Defect::DropOneWrite, 3);
 }

@@ -996,10 +996,16 @@ impl Netstack {
             verify_rx: false,
         };
         let t = smol_now(now);
+        let before = open.sockets.get::<tcp::Socket>(open.handle).state();
         open.iface.poll(t, &mut dev, &mut open.sockets);
 
         let socket = open.sockets.get::<tcp::Socket>(open.handle);
         let state = socket.state();
+        // smoltcp closes a socket without input only when it gives up (retransmission or
+        // keep-alive timeout): reaching CLOSED on a timer-only poll is an abort even from
+        // LAST-ACK, where our FIN — and possibly data before it — was never acknowledged.
+        let timed_out =
+            packet.is_none() && state == tcp::State::Closed && before != tcp::State::Closed;
         let mut ended: Option<Option<ResetCause>> = None;
         let cause = if rst {
             ResetCause::Peer
@@ -1025,7 +1031,11 @@ impl Netstack {
             let socket = open.sockets.get::<tcp::Socket>(open.handle);
             let rx_empty = socket.recv_queue() == 0;
             let graceful_end = state == tcp::State::TimeWait
-                || (state == tcp::State::Closed && open.peer_fin && open.shut && !rst);
+                || (state == tcp::State::Closed
+                    && open.peer_fin
+                    && open.shut
+                    && !rst
+                    && !timed_out);
             if state == tcp::State::Closed && !graceful_end || state == tcp::State::Listen {
                 ended = Some(Some(cause));
             } else {

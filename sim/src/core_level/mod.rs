@@ -24,6 +24,7 @@
 //! - no leaks: once all streams ended, live sessions hold no stream state and no buffered bytes.
 
 pub mod link;
+pub mod netstack;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
