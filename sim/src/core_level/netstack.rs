@@ -225,7 +225,9 @@ pub fn run(seed: u64, opts: &RunOpts) -> Outcome {
     });
     let st = h.netstack.stats();
     if !drained || st.connections != 0 || st.held_bytes != 0 {
-        violations.push(format!("leak: state left after every connection ended: {st:?}"));
+        violations.push(format!(
+            "leak: state left after every connection ended: {st:?}"
+        ));
     }
     if h.netstack.poll_timeout().is_some() {
         violations.push("leak: the netstack still wants a timer with nothing left".into());
