@@ -208,6 +208,23 @@ pub fn status(node: &Node) -> Value {
         "peers": peers,
         "services": services,
         "counters": counters,
+        "tun": node.tun_stats().map(|st| json!({
+            "interface": config.tun.name,
+            "mtu": config.tun.mtu,
+            "connections": st.connections,
+            "held_syns": st.held,
+            "dropped_unserved": st.dropped_unserved,
+            "dropped_invalid": st.dropped_invalid,
+            "dropped_syn_rate": st.dropped_syn_rate,
+        })),
+        "registry": node.with_registry(|r| {
+            let all = r.instances();
+            json!({
+                "instances": all.len(),
+                "healthy": all.iter().filter(|i| i.healthy).count(),
+                "origins": r.origins().len(),
+            })
+        }),
     })
 }
 

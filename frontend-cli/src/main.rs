@@ -410,6 +410,22 @@ fn print_status(status: &Value) {
                 .join(", "))
             .unwrap_or_default()
     );
+    match status["tun"].as_object() {
+        Some(tun) => println!(
+            "tun      {} (mtu {}): {} connections, {} SYNs held",
+            tun["interface"].as_str().unwrap_or("?"),
+            tun["mtu"],
+            tun["connections"],
+            tun["held_syns"]
+        ),
+        None => println!("tun      off (userspace mode)"),
+    }
+    println!(
+        "registry {} role instances ({} healthy) from {} nodes; `svcnet services` lists them",
+        status["registry"]["instances"],
+        status["registry"]["healthy"],
+        status["registry"]["origins"]
+    );
     println!("\nPEER        STATE       RTT       PATH                    SERVICES");
     for p in status["peers"].as_array().into_iter().flatten() {
         let name = p["name"]

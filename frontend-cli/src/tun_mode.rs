@@ -79,6 +79,7 @@ pub fn start(node: &Node) -> Result<(), String> {
         .validate()
         .map_err(|e| format!("TUN netstack settings: {e}"))?;
     let (stack, mut incoming) = TunStack::spawn(device, netstack_config);
+    node.set_tun(stack.clone());
     let table: Table = Arc::default();
     tokio::spawn(sync_addresses(node.clone(), stack, table.clone()));
     let node = node.clone();

@@ -827,6 +827,11 @@ fn roles_are_replicated_balanced_and_fail_over() {
     wait_until("beta sees all instances", Duration::from_secs(15), || {
         instances(&beta_config).len() == 3
     });
+    assert_eq!(
+        metrics_value(&beta_config, "svcnet_registry_instances"),
+        Some(3.0),
+        "the replica size is exported live"
+    );
 
     // A role proxy on beta (run by beta's daemon): ^3.1 balances over both 3.x instances, never 4.
     let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, free_tcp_port()));

@@ -253,6 +253,7 @@ impl Drop for TunTcpStream {
 #[derive(Clone)]
 pub struct TunStack {
     commands: mpsc::UnboundedSender<Command>,
+    stats: Arc<Mutex<netstack::Stats>>,
 }
 
 impl TunStack {
@@ -264,8 +265,11 @@ impl TunStack {
     ) -> (TunStack, mpsc::Receiver<PendingConnection>) {
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (pending_tx, pending_rx) = mpsc::channel(PENDING_LIMIT);
+        let stats = Arc::new(Mutex::new(netstack::Stats::default()));
         let driver = Driver {
             netstack: Netstack::new(config),
+            stats: stats.clone(),
+            stats_published: std::time::Instant::now(),
             device,
             conns: BTreeMap::new(),
             epoch: std::time::Instant::now(),
@@ -274,7 +278,12 @@ impl TunStack {
             scratch: vec![0u8; 64 * 1024],
         };
         tokio::spawn(driver.run(command_rx));
-        (TunStack { commands }, pending_rx)
+        (TunStack { commands, stats }, pending_rx)
+    }
+
+    /// The netstack's counters, as of at most [`STATS_PERIOD`] ago.
+    pub fn stats(&self) -> netstack::Stats {
+        self.stats.lock().expect("stats lock").clone()
     }
 
     /// Serve `address`: SYNs to it become connection requests.
@@ -288,8 +297,13 @@ impl TunStack {
     }
 }
 
+/// How often the driver publishes the netstack's counters.
+pub const STATS_PERIOD: Duration = Duration::from_millis(250);
+
 struct Driver {
     netstack: Netstack,
+    stats: Arc<Mutex<netstack::Stats>>,
+    stats_published: std::time::Instant,
     device: TunDevice,
     conns: BTreeMap<ConnId, Shared>,
     epoch: std::time::Instant,
@@ -335,6 +349,10 @@ impl Driver {
                 }
             }
             self.handle_events();
+            if self.stats_published.elapsed() >= STATS_PERIOD {
+                self.stats_published = std::time::Instant::now();
+                *self.stats.lock().expect("stats lock") = self.netstack.stats();
+            }
             // Output last: reads and writes above may have produced ACKs, window updates, data.
             let now = self.now();
             while let Some(out) = self.netstack.poll_transmit(now) {

@@ -142,6 +142,15 @@ fn curl_by_name_between_namespaces() {
     let err = resolve(&lab, 1, "v2.www.role.svcnet").unwrap_err();
     assert!(err.contains("not known"), "no 2.x instance: {err}");
 
+    // The daemon's status shows the TUN netstack and the registry replica.
+    let out = std::process::Command::new(svcnet_e2e::svcnet_bin())
+        .args(["status", "--json", "--config", beta_cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    assert_eq!(status["tun"]["interface"], "svcnet0", "{status}");
+    assert_eq!(status["registry"]["instances"], 1, "{status}");
+
     // 200 parallel connections.
     let urls: Vec<String> = (0..200)
         .map(|i| format!("http://web.alpha.svcnet/?n={i}"))

@@ -131,6 +131,7 @@ struct Inner {
     registry: Mutex<svcnet_core::registry::Registry>,
     registry_wake: tokio::sync::Notify,
     control_senders: Mutex<BTreeMap<ConnId, control::ControlChannel>>,
+    tun: std::sync::OnceLock<svcnet_tun::TunStack>,
 }
 
 /// A running node. Cheap to clone.
@@ -316,6 +317,7 @@ impl Node {
                 registry: Mutex::new(reg),
                 registry_wake: tokio::sync::Notify::new(),
                 control_senders: Mutex::new(BTreeMap::new()),
+                tun: std::sync::OnceLock::new(),
                 config,
             }),
         };
@@ -347,6 +349,16 @@ impl Node {
     /// A receiver that changes whenever connections or announced services change.
     pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
         self.inner.changes.subscribe()
+    }
+
+    /// Records the TUN stack (TUN mode), for status and metrics.
+    pub fn set_tun(&self, stack: svcnet_tun::TunStack) {
+        let _ = self.inner.tun.set(stack);
+    }
+
+    /// The TUN netstack's counters, in TUN mode.
+    pub fn tun_stats(&self) -> Option<svcnet_core::netstack::Stats> {
+        self.inner.tun.get().map(|t| t.stats())
     }
 
     /// Records where the Prometheus endpoint listens (shown by `status`).
@@ -993,5 +1005,88 @@ pub fn render_metrics(node: &Node) -> String {
             )
         })
         .collect();
-    node.metrics().render(&peers)
+    let mut text = node.metrics().render(&peers);
+    use std::fmt::Write as _;
+    if let Some(st) = node.tun_stats() {
+        for (name, help, kind, value) in [
+            (
+                "svcnet_netstack_connections",
+                "TCP connections terminated in the netstack now.",
+                "gauge",
+                st.connections as u64,
+            ),
+            (
+                "svcnet_netstack_held_syns",
+                "Client SYNs held while the remote dial runs.",
+                "gauge",
+                st.held as u64,
+            ),
+            (
+                "svcnet_netstack_dropped_unserved_total",
+                "Packets to addresses this node does not serve.",
+                "counter",
+                st.dropped_unserved,
+            ),
+            (
+                "svcnet_netstack_dropped_invalid_total",
+                "Packets that failed validation.",
+                "counter",
+                st.dropped_invalid,
+            ),
+            (
+                "svcnet_netstack_dropped_syn_rate_total",
+                "SYNs over the per-client rate.",
+                "counter",
+                st.dropped_syn_rate,
+            ),
+        ] {
+            let _ = writeln!(
+                text,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+    }
+    let (instances, healthy, accepted, rejected) = node.with_registry(|r| {
+        let all = r.instances();
+        let healthy = all.iter().filter(|i| i.healthy).count();
+        let stats = r.stats();
+        (
+            all.len(),
+            healthy,
+            stats.accepted,
+            stats.unauthorized_messages + stats.malformed_messages,
+        )
+    });
+    for (name, help, kind, value) in [
+        (
+            "svcnet_registry_instances",
+            "Role instances in this node's replica.",
+            "gauge",
+            instances as u64,
+        ),
+        (
+            "svcnet_registry_healthy_instances",
+            "Of those, healthy.",
+            "gauge",
+            healthy as u64,
+        ),
+        (
+            "svcnet_registry_announcements_accepted_total",
+            "Announcements accepted from others.",
+            "counter",
+            accepted,
+        ),
+        (
+            "svcnet_registry_messages_dropped_total",
+            "Registry messages dropped (unauthorized or malformed).",
+            "counter",
+            rejected,
+        ),
+    ] {
+        let _ = writeln!(
+            text,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
+    text
 }
