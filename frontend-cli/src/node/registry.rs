@@ -327,16 +327,29 @@ impl Node {
     pub fn services_json(&self) -> Value {
         let prefix = NetworkPrefix::derive(&self.inner.config.network);
         let now = self.now();
-        let registry = self.inner.registry.lock().expect("registry lock");
-        let rows: Vec<Value> = registry
-            .instances()
+        // Gather under the registry lock, then look names up in the peer book: never hold both
+        // (elsewhere the book is locked first).
+        let (rows, stats) = {
+            let registry = self.inner.registry.lock().expect("registry lock");
+            let rows: Vec<_> = registry
+                .instances()
+                .into_iter()
+                .map(|i| {
+                    let lease = if i.origin == self.id() {
+                        None
+                    } else {
+                        registry.lease_remaining(&i.origin, now)
+                    };
+                    let outstanding = registry.outstanding(&i.key());
+                    let down = registry.is_down(&i.origin);
+                    (i, lease, outstanding, down)
+                })
+                .collect();
+            (rows, registry.stats())
+        };
+        let rows: Vec<Value> = rows
             .into_iter()
-            .map(|i| {
-                let lease = if i.origin == self.id() {
-                    None
-                } else {
-                    registry.lease_remaining(&i.origin, now)
-                };
+            .map(|(i, lease, outstanding, down)| {
                 json!({
                     "role": i.role.to_string(),
                     "version": i.version.to_string(),
@@ -349,13 +362,18 @@ impl Node {
                     "address": prefix.service_address(&i.origin, &i.service).to_string(),
                     "healthy": i.healthy,
                     "lease_s": lease.map(|d| d.as_secs_f64()),
-                    "outstanding": registry.outstanding(&i.key()),
-                    "down": registry.is_down(&i.origin),
+                    "outstanding": outstanding,
+                    "down": down,
                 })
             })
             .collect();
-        let stats = registry.stats();
-        json!({ "instances": rows, "stats": format!("{stats:?}") })
+        json!({
+            "instances": rows,
+            "accepted": stats.accepted,
+            "unauthorized_messages": stats.unauthorized_messages,
+            "malformed_messages": stats.malformed_messages,
+            "swim_errors": stats.swim_errors,
+        })
     }
 
     /// Clean shutdown: withdraw this node's instances and give the control writers a moment to
