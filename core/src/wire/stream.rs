@@ -167,9 +167,9 @@ pub mod stream_error {
     pub const CONNECTION_RESET: u32 = 1;
     /// The stream header or reply was malformed.
     pub const PROTOCOL: u32 = 2;
-    /// The node is shutting down.
+    /// Reserved: the node is shutting down (today the connection closes with its own code).
     pub const SHUTDOWN: u32 = 3;
-    /// A local limit was hit (too many connections).
+    /// Reserved: a local limit was hit (today the dial reply says `OverLimit`).
     pub const OVER_LIMIT: u32 = 4;
     /// The header did not arrive within the header timeout.
     pub const HEADER_TIMEOUT: u32 = 5;
