@@ -14,7 +14,6 @@ use std::time::Duration;
 use svcnet_core::addressing::{NetworkPrefix, ServiceName, PREFIX_LEN_BITS};
 use svcnet_core::identity::NodeId;
 use svcnet_core::netstack::{self, RefuseReason};
-use svcnet_core::registry::range_label::label_to_req;
 use svcnet_core::wire::stream::TargetRef;
 use svcnet_tun::{PendingConnection, TunDevice, TunStack};
 use tracing::{debug, info};
@@ -40,14 +39,8 @@ fn wanted_addresses(node: &Node) -> BTreeMap<Ipv6Addr, AddressTarget> {
         .into_iter()
         .map(|(address, (id, service))| (address, AddressTarget::Service(id, service)))
         .collect();
-    for (address, role, label) in node.role_addresses() {
-        wanted.insert(
-            address,
-            AddressTarget::Role(RoleTarget {
-                role,
-                req: label_to_req(label),
-            }),
-        );
+    for (address, role) in node.role_addresses() {
+        wanted.insert(address, AddressTarget::Role(role));
     }
     wanted
 }

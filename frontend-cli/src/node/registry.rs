@@ -13,7 +13,6 @@ use std::time::Duration;
 use semver::VersionReq;
 use serde_json::{json, Value};
 use svcnet_core::addressing::{NetworkPrefix, RoleName, ServiceName, VersionLabel};
-use svcnet_core::registry::range_label::{label_to_req, role_address};
 use svcnet_core::registry::{Instance, InstanceKey, LocalInstance, Registry, RegistryEvent};
 use svcnet_core::service::TargetHost;
 use svcnet_core::wire::control::ControlMessage;
@@ -270,57 +269,40 @@ impl Node {
         }
     }
 
-    /// The address of a role name if the role has an instance in the label's range.
+    /// The address of a role name, if some instance in the replica answers to its label
+    /// (`Registry::resolve_role`).
     pub fn lookup_role(&self, role: &RoleName, label: Option<VersionLabel>) -> Option<Ipv6Addr> {
-        let req = label_to_req(label);
-        let found = !self
-            .inner
+        let prefix = NetworkPrefix::derive(&self.inner.config.network);
+        // Not `with_registry`: a lookup queues no output, so the registry loop need not wake.
+        self.inner
             .registry
             .lock()
             .expect("registry lock")
-            .lookup(role, &req)
-            .is_empty();
-        found.then(|| {
-            role_address(
-                &NetworkPrefix::derive(&self.inner.config.network),
-                role,
-                label,
-            )
-        })
+            .resolve_role(&prefix, role, label)
     }
 
-    /// Every role address worth serving now: for each role in the replica, the any-version
-    /// address and the `vMAJOR` and `vMAJOR-MINOR` addresses of its instances' versions.
-    pub fn role_addresses(&self) -> Vec<(Ipv6Addr, RoleName, Option<VersionLabel>)> {
+    /// Every role address worth serving now, with the role and range it stands for
+    /// (`Registry::role_addresses`: any version, `vMAJOR`, `vMAJOR-MINOR`).
+    pub fn role_addresses(&self) -> Vec<(Ipv6Addr, RoleTarget)> {
         let prefix = NetworkPrefix::derive(&self.inner.config.network);
-        let instances = self
+        let targets = self
             .inner
             .registry
             .lock()
             .expect("registry lock")
-            .instances();
-        let mut out: Vec<(Ipv6Addr, RoleName, Option<VersionLabel>)> = Vec::new();
-        for instance in instances {
-            let labels = [
-                None,
-                Some(VersionLabel {
-                    major: instance.version.major,
-                    minor: None,
-                }),
-                Some(VersionLabel {
-                    major: instance.version.major,
-                    minor: Some(instance.version.minor),
-                }),
-            ];
-            for label in labels {
-                let address = role_address(&prefix, &instance.role, label);
-                if !out.iter().any(|(a, _, _)| *a == address) {
-                    out.push((address, instance.role.clone(), label));
-                }
-            }
-        }
-        out.sort_by_key(|(a, _, _)| *a);
-        out
+            .role_addresses(&prefix);
+        targets
+            .into_iter()
+            .map(|(address, target)| {
+                (
+                    address,
+                    RoleTarget {
+                        req: target.req(),
+                        role: target.role,
+                    },
+                )
+            })
+            .collect()
     }
 
     /// The local replica as JSON, for `svcnet services`.
