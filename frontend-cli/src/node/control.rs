@@ -11,7 +11,7 @@ use std::sync::Arc;
 use quinn::{RecvStream, SendStream};
 use svcnet_core::identity::NodeId;
 use svcnet_core::peering::ConnId;
-use svcnet_core::wire::control::{ControlMessage, CONTROL_PREFIX_LEN};
+use svcnet_core::wire::control::ControlMessage;
 use svcnet_core::wire::stream::StreamHeader;
 use tokio::sync::mpsc;
 use tracing::debug;
@@ -117,17 +117,9 @@ impl Node {
 
     async fn read_control(&self, peer: NodeId, mut recv: RecvStream) -> Result<(), String> {
         loop {
-            let mut prefix = [0u8; CONTROL_PREFIX_LEN];
-            match recv.read_exact(&mut prefix).await {
-                Ok(()) => {}
-                Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(()),
-                Err(e) => return Err(e.to_string()),
-            }
-            let (kind, len) = ControlMessage::decode_prefix(&prefix).map_err(|e| e.to_string())?;
-            let mut body = vec![0u8; len];
-            recv.read_exact(&mut body)
-                .await
-                .map_err(|e| e.to_string())?;
+            let Some((kind, body)) = super::framing::read_control_frame(&mut recv).await? else {
+                return Ok(());
+            };
             match ControlMessage::decode_body(kind, &body) {
                 Ok(ControlMessage::Hello { name, services }) => {
                     debug!(peer = %peer.short(), %name, services = services.len(), "hello");

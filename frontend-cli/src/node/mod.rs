@@ -26,7 +26,6 @@ use svcnet_core::service::TargetHost;
 use svcnet_core::time::Instant;
 use svcnet_core::wire::stream::{
     stream_error, DialReply, DialStatus, Protocol, ServiceRequest, StreamHeader, TargetRef,
-    HEADER_PREFIX_LEN, REPLY_PREFIX_LEN,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
@@ -38,9 +37,11 @@ use crate::sockopt;
 use crate::tls;
 
 mod control;
+pub mod framing;
 mod pump;
 mod registry;
 
+use framing::{read_header, read_reply};
 pub use pump::{pump, pump_client, pump_client_streams, pump_streams};
 pub use registry::{RoleConnection, RoleStream, RoleTarget};
 
@@ -948,32 +949,6 @@ impl Node {
             .map(|(s, _)| s)
             .map_err(OpenError::Refused)
     }
-}
-
-async fn read_header(recv: &mut RecvStream) -> Result<StreamHeader, String> {
-    let mut prefix = [0u8; HEADER_PREFIX_LEN];
-    recv.read_exact(&mut prefix)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (kind, len) = StreamHeader::decode_prefix(&prefix).map_err(|e| e.to_string())?;
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body)
-        .await
-        .map_err(|e| e.to_string())?;
-    StreamHeader::decode_body(kind, &body).map_err(|e| e.to_string())
-}
-
-async fn read_reply(recv: &mut RecvStream) -> Result<DialReply, String> {
-    let mut prefix = [0u8; REPLY_PREFIX_LEN];
-    recv.read_exact(&mut prefix)
-        .await
-        .map_err(|e| format!("no dial reply: {e}"))?;
-    let (status, len) = DialReply::decode_prefix(&prefix).map_err(|e| e.to_string())?;
-    let mut message = vec![0u8; len];
-    recv.read_exact(&mut message)
-        .await
-        .map_err(|e| e.to_string())?;
-    DialReply::from_parts(status, &message).map_err(|e| e.to_string())
 }
 
 /// A peer book built from the config alone (no network): for resolving names without a daemon.

@@ -17,16 +17,16 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use quinn::{RecvStream, SendStream, VarInt};
+use svcnet::node::framing::{read_control_frame, read_header, read_reply};
 use svcnet::tls;
 use svcnet_core::addressing::{NodeName, ServiceName};
 use svcnet_core::identity::{NodeId, NodeKey};
 use svcnet_core::peering::{PeerBook, PeeringConfig, PeeringEvent};
 use svcnet_core::rng::SplitMix64;
 use svcnet_core::time::Instant;
-use svcnet_core::wire::control::{ControlMessage, CONTROL_PREFIX_LEN};
+use svcnet_core::wire::control::ControlMessage;
 use svcnet_core::wire::stream::{
     stream_error, DialReply, DialStatus, Protocol, ServiceRequest, StreamHeader, TargetRef,
-    HEADER_PREFIX_LEN, REPLY_PREFIX_LEN,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
@@ -380,17 +380,9 @@ impl SimNode {
 
     async fn read_control(&self, peer: NodeId, mut recv: RecvStream) -> Result<(), String> {
         loop {
-            let mut prefix = [0u8; CONTROL_PREFIX_LEN];
-            match recv.read_exact(&mut prefix).await {
-                Ok(()) => {}
-                Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(()),
-                Err(e) => return Err(e.to_string()),
-            }
-            let (kind, len) = ControlMessage::decode_prefix(&prefix).map_err(|e| e.to_string())?;
-            let mut body = vec![0u8; len];
-            recv.read_exact(&mut body)
-                .await
-                .map_err(|e| e.to_string())?;
+            let Some((kind, body)) = read_control_frame(&mut recv).await? else {
+                return Ok(());
+            };
             match ControlMessage::decode_body(kind, &body).map_err(|e| e.to_string())? {
                 ControlMessage::Hello { name, services } => {
                     self.log(
@@ -543,32 +535,6 @@ impl SimNode {
     pub fn id(&self) -> NodeId {
         self.inner.key.node_id()
     }
-}
-
-async fn read_header(recv: &mut RecvStream) -> Result<StreamHeader, String> {
-    let mut prefix = [0u8; HEADER_PREFIX_LEN];
-    recv.read_exact(&mut prefix)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (kind, len) = StreamHeader::decode_prefix(&prefix).map_err(|e| e.to_string())?;
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body)
-        .await
-        .map_err(|e| e.to_string())?;
-    StreamHeader::decode_body(kind, &body).map_err(|e| e.to_string())
-}
-
-async fn read_reply(recv: &mut RecvStream) -> Result<DialReply, String> {
-    let mut prefix = [0u8; REPLY_PREFIX_LEN];
-    recv.read_exact(&mut prefix)
-        .await
-        .map_err(|e| format!("no dial reply: {e}"))?;
-    let (status, len) = DialReply::decode_prefix(&prefix).map_err(|e| e.to_string())?;
-    let mut message = vec![0u8; len];
-    recv.read_exact(&mut message)
-        .await
-        .map_err(|e| e.to_string())?;
-    DialReply::from_parts(status, &message).map_err(|e| e.to_string())
 }
 
 /// Moves bytes both ways between a TCP connection and a QUIC stream: FIN maps to finish and
