@@ -246,3 +246,155 @@ fn dropping_every_handle_drains_gracefully() {
         sd.await.expect("server driver ends cleanly");
     });
 }
+
+/// A pipe whose vectored write really takes several buffers, but stops at an arbitrary byte
+/// (cycling through lengths that end inside headers, inside payloads and on boundaries), and
+/// which counts how it was called.
+struct ChoppyVectored {
+    inner: svcnet_core::mux::testing::PipeEnd,
+    limits: std::iter::Cycle<std::vec::IntoIter<usize>>,
+    vectored_calls: Arc<std::sync::atomic::AtomicUsize>,
+    multi_buffer_calls: Arc<std::sync::atomic::AtomicUsize>,
+    plain_calls: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ChoppyVectored {
+    fn new(inner: svcnet_core::mux::testing::PipeEnd) -> ChoppyVectored {
+        ChoppyVectored {
+            inner,
+            limits: vec![1, 9, 10, 4, 16_393, 7, 70_000, 3, 100_000, 18]
+                .into_iter()
+                .cycle(),
+            vectored_calls: Default::default(),
+            multi_buffer_calls: Default::default(),
+            plain_calls: Default::default(),
+        }
+    }
+}
+
+impl futures::io::AsyncRead for ChoppyVectored {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl futures::io::AsyncWrite for ChoppyVectored {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        self.plain_calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.vectored_calls.fetch_add(1, Relaxed);
+        if bufs.iter().filter(|b| !b.is_empty()).count() > 1 {
+            self.multi_buffer_calls.fetch_add(1, Relaxed);
+        }
+        let limit = self.limits.next().expect("cycle");
+        let mut joined = Vec::new();
+        for b in bufs {
+            let take = b.len().min(limit - joined.len());
+            joined.extend_from_slice(&b[..take]);
+            if joined.len() == limit {
+                break;
+            }
+        }
+        // The inner pipe may take fewer still: a prefix of the concatenation either way.
+        Pin::new(&mut self.inner).poll_write(cx, &joined)
+    }
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_close(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
+#[test]
+fn vectored_writes_that_stop_anywhere_deliver_every_byte() {
+    use std::sync::atomic::Ordering::Relaxed;
+    use svcnet_core::mux::adapter::WriteMode;
+    let pool = pool();
+    let (a, b) = duplex();
+    let (a, b) = (ChoppyVectored::new(a), ChoppyVectored::new(b));
+    let counters = [
+        (
+            a.vectored_calls.clone(),
+            a.multi_buffer_calls.clone(),
+            a.plain_calls.clone(),
+        ),
+        (
+            b.vectored_calls.clone(),
+            b.multi_buffer_calls.clone(),
+            b.plain_calls.clone(),
+        ),
+    ];
+    let clock = common::clock();
+    let (client, cd) = Connection::with_write_mode(
+        a,
+        Role::Client,
+        Config::default(),
+        clock.clone(),
+        WriteMode::Vectored,
+    );
+    let (server, sd) = Connection::with_write_mode(
+        b,
+        Role::Server,
+        Config::default(),
+        clock,
+        WriteMode::Vectored,
+    );
+    let cd = pool.spawn_with_handle(cd).unwrap();
+    let sd = pool.spawn_with_handle(sd).unwrap();
+    let srv = pool.spawn_with_handle(echo_server(server.clone())).unwrap();
+    futures::executor::block_on(async {
+        common::within(60.0, async {
+            client_run(client.clone()).await;
+            assert_eq!(srv.await, STREAMS);
+        })
+        .await
+        .expect("echo finishes");
+        client.go_away();
+        common::within(10.0, cd)
+            .await
+            .expect("client driver ends")
+            .expect("graceful");
+        common::within(10.0, sd)
+            .await
+            .expect("server driver ends")
+            .expect("graceful");
+    });
+    for (vectored, multi, plain) in counters {
+        assert_eq!(
+            plain.load(Relaxed),
+            0,
+            "vectored mode never falls back to poll_write"
+        );
+        assert!(
+            vectored.load(Relaxed) > 100,
+            "output went through vectored writes"
+        );
+        assert!(
+            multi.load(Relaxed) > 0,
+            "headers and payloads shared a call"
+        );
+    }
+}

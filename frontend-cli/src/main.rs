@@ -13,6 +13,11 @@ use svcnet::node::{Mode, Node};
 use svcnet::{control_socket, demo, metrics, proxy};
 use svcnet_core::addressing::NodeName;
 
+/// glibc's allocator returns freed stream buffers to the kernel and faults them back in under
+/// streaming loads; mimalloc keeps them (measured in docs/architecture.md §4).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "svcnet",

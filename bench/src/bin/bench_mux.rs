@@ -11,8 +11,8 @@ use std::task::Poll;
 use std::time::{Duration, Instant as StdInstant};
 
 use futures::io::{AsyncReadExt, AsyncWriteExt};
-use svcnet_bench::{median, report, CountingAlloc, TokioClock};
-use svcnet_core::mux::adapter::{Connection, Stream};
+use svcnet_bench::{median, report, CountingAlloc, TokioClock, VectoredTcp};
+use svcnet_core::mux::adapter::{Connection, Stream, WriteMode};
 use svcnet_core::mux::{Config, Role, Session};
 use svcnet_core::time::Instant;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -24,12 +24,15 @@ static ALLOC: CountingAlloc = CountingAlloc;
 
 const CHUNK: usize = 64 * 1024;
 
+#[derive(Clone, Copy)]
 struct Scale {
     rounds: usize,
     one_stream_bytes: usize,
     many_streams: usize,
     many_stream_bytes: usize,
     open_batch: usize,
+    /// Measured batches at each size (the figure is their median).
+    open_rounds: usize,
     big_open: usize,
     idle_streams: usize,
 }
@@ -42,6 +45,7 @@ impl Scale {
             many_streams: 100,
             many_stream_bytes: 8 << 20,
             open_batch: 50_000,
+            open_rounds: 9,
             big_open: 1_000_000,
             idle_streams: 1_000_000,
         }
@@ -53,6 +57,7 @@ impl Scale {
             many_streams: 100,
             many_stream_bytes: 256 << 10,
             open_batch: 5_000,
+            open_rounds: 3,
             big_open: 50_000,
             idle_streams: 50_000,
         }
@@ -86,18 +91,29 @@ async fn tcp_pair() -> (TcpStream, TcpStream) {
     (a, b)
 }
 
+/// A connected pair of sessions, the client's driver on the client runtime and the server's on
+/// the server runtime (see [`Sides`]). Plain sockets forward vectored writes, so the drivers
+/// need no staging copy.
 async fn mux_pair(max_streams: u32) -> (Connection, Connection) {
-    let (a, b) = tcp_pair().await;
+    let (a, b) = sided_tcp_pair().await;
+    let s = sides();
     let clock = Arc::new(TokioClock::new());
-    let (client, cd) = Connection::new(
-        a.compat(),
+    let (client, client_driver) = Connection::with_write_mode(
+        VectoredTcp(a),
         Role::Client,
         mux_config(max_streams),
         clock.clone(),
+        WriteMode::Vectored,
     );
-    let (server, sd) = Connection::new(b.compat(), Role::Server, mux_config(max_streams), clock);
-    tokio::spawn(cd);
-    tokio::spawn(sd);
+    let (server, server_driver) = Connection::with_write_mode(
+        VectoredTcp(b),
+        Role::Server,
+        mux_config(max_streams),
+        clock,
+        WriteMode::Vectored,
+    );
+    s.client.spawn(client_driver);
+    s.server.spawn(server_driver);
     (client, server)
 }
 
@@ -130,17 +146,68 @@ fn gbps(bytes: usize, d: Duration) -> f64 {
     bytes as f64 * 8.0 / d.as_secs_f64() / 1e9
 }
 
+// ---- two sides -------------------------------------------------------------------------------
+
+/// The sending and the receiving end of every throughput test run on their own single-worker
+/// tokio runtimes, as two processes would on this 2-core machine: raw TCP, svcnet and yamux
+/// alike. Sharing one runtime lets its scheduler serialise the two ends (a task woken by another
+/// runs next on the same worker, from the LIFO slot, while the other worker idles), which
+/// measures the scheduler more than the multiplexer.
+struct Sides {
+    client: tokio::runtime::Runtime,
+    server: tokio::runtime::Runtime,
+}
+
+fn sides() -> &'static Sides {
+    static SIDES: std::sync::OnceLock<Sides> = std::sync::OnceLock::new();
+    SIDES.get_or_init(|| {
+        let side = |name: &str| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name(name)
+                .enable_all()
+                .build()
+                .expect("tokio runtime")
+        };
+        Sides {
+            client: side("client"),
+            server: side("server"),
+        }
+    })
+}
+
+/// A connected loopback pair, the first end registered with the client runtime and the second
+/// with the server runtime.
+async fn sided_tcp_pair() -> (TcpStream, TcpStream) {
+    let (a, b) = tcp_pair().await;
+    let (a, b) = (
+        a.into_std().expect("into_std"),
+        b.into_std().expect("into_std"),
+    );
+    let s = sides();
+    let a = {
+        let _in = s.client.enter();
+        TcpStream::from_std(a).expect("register")
+    };
+    let b = {
+        let _in = s.server.enter();
+        TcpStream::from_std(b).expect("register")
+    };
+    (a, b)
+}
+
 // ---- raw TCP -----------------------------------------------------------------------------------
 
 async fn raw_tcp(streams: usize, bytes_each: usize) -> f64 {
     let mut pairs = Vec::new();
     for _ in 0..streams {
-        pairs.push(tcp_pair().await);
+        pairs.push(sided_tcp_pair().await);
     }
+    let s = sides();
     let start = StdInstant::now();
     let mut tasks = Vec::new();
     for (mut a, mut b) in pairs {
-        tasks.push(tokio::spawn(async move {
+        tasks.push(s.client.spawn(async move {
             let buf = vec![0x5au8; CHUNK];
             let mut left = bytes_each;
             while left > 0 {
@@ -150,7 +217,7 @@ async fn raw_tcp(streams: usize, bytes_each: usize) -> f64 {
             }
             a.shutdown().await.expect("shutdown");
         }));
-        tasks.push(tokio::spawn(async move {
+        tasks.push(s.server.spawn(async move {
             let mut buf = vec![0u8; CHUNK];
             let mut total = 0;
             loop {
@@ -173,11 +240,12 @@ async fn raw_tcp(streams: usize, bytes_each: usize) -> f64 {
 
 async fn mux_throughput(streams: usize, bytes_each: usize) -> f64 {
     let (client, server) = mux_pair(1024).await;
-    let receiver = tokio::spawn(async move {
+    let s = sides();
+    let receiver = s.server.spawn(async move {
         let mut tasks = Vec::new();
         for _ in 0..streams {
-            let s = server.accept().await.expect("accept");
-            tasks.push(tokio::spawn(sink_futures(s)));
+            let st = server.accept().await.expect("accept");
+            tasks.push(tokio::spawn(sink_futures(st)));
         }
         let mut total = 0;
         for t in tasks {
@@ -186,14 +254,18 @@ async fn mux_throughput(streams: usize, bytes_each: usize) -> f64 {
         total
     });
     let start = StdInstant::now();
-    let mut senders = Vec::new();
-    for _ in 0..streams {
-        let s = client.open().await.expect("open");
-        senders.push(tokio::spawn(send_futures(s, bytes_each)));
-    }
-    for s in senders {
-        s.await.expect("sender");
-    }
+    let sender = s.client.spawn(async move {
+        let mut senders = Vec::new();
+        for _ in 0..streams {
+            let st = client.open().await.expect("open");
+            senders.push(tokio::spawn(send_futures(st, bytes_each)));
+        }
+        for t in senders {
+            t.await.expect("sender");
+        }
+        client
+    });
+    let client = sender.await.expect("senders");
     let total = receiver.await.expect("receiver");
     let elapsed = start.elapsed();
     assert_eq!(total, streams * bytes_each);
@@ -237,18 +309,19 @@ async fn yamux_client_driver(
 }
 
 async fn yamux_throughput(streams: usize, bytes_each: usize) -> f64 {
-    let (a, b) = tcp_pair().await;
+    let (a, b) = sided_tcp_pair().await;
+    let sides = sides();
     let client = yamux::Connection::new(a.compat(), yamux::Config::default(), yamux::Mode::Client);
     let mut server =
         yamux::Connection::new(b.compat(), yamux::Config::default(), yamux::Mode::Server);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(yamux_client_driver(client, rx));
+    sides.client.spawn(yamux_client_driver(client, rx));
     let total = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(tokio::sync::Notify::new());
     {
         let total = total.clone();
         let done = done.clone();
-        tokio::spawn(async move {
+        sides.server.spawn(async move {
             let finished = Arc::new(AtomicUsize::new(0));
             poll_fn(|cx| loop {
                 match server.poll_next_inbound(cx) {
@@ -272,16 +345,22 @@ async fn yamux_throughput(streams: usize, bytes_each: usize) -> f64 {
         });
     }
     let start = StdInstant::now();
-    let mut senders = Vec::new();
-    for _ in 0..streams {
-        let (otx, orx) = tokio::sync::oneshot::channel();
-        tx.send(otx).expect("yamux driver alive");
-        let s = orx.await.expect("yamux open");
-        senders.push(tokio::spawn(send_futures(s, bytes_each)));
-    }
-    for s in senders {
-        s.await.expect("sender");
-    }
+    sides
+        .client
+        .spawn(async move {
+            let mut senders = Vec::new();
+            for _ in 0..streams {
+                let (otx, orx) = tokio::sync::oneshot::channel();
+                tx.send(otx).expect("yamux driver alive");
+                let s = orx.await.expect("yamux open");
+                senders.push(tokio::spawn(send_futures(s, bytes_each)));
+            }
+            for s in senders {
+                s.await.expect("sender");
+            }
+        })
+        .await
+        .expect("senders");
     done.notified().await;
     let elapsed = start.elapsed();
     assert_eq!(total.load(Ordering::SeqCst), streams * bytes_each);
@@ -339,7 +418,17 @@ async fn close_batch(client: &Connection, server: &Connection, acc: &Accepted, m
     panic!("closed streams did not go away");
 }
 
-async fn open_scaling(scale: &Scale) -> (f64, f64, usize) {
+/// The open-rate figures, with the opening side running on the client runtime and the
+/// accepting side on the server runtime.
+async fn open_scaling(scale: Scale) -> (f64, f64, usize) {
+    sides()
+        .client
+        .spawn(open_scaling_on_client(scale))
+        .await
+        .expect("open scaling")
+}
+
+async fn open_scaling_on_client(scale: Scale) -> (f64, f64, usize) {
     let max = (scale.big_open + 2 * scale.open_batch) as u32;
     let (client, server) = mux_pair(max).await;
     let acc = Arc::new(Accepted {
@@ -350,7 +439,7 @@ async fn open_scaling(scale: &Scale) -> (f64, f64, usize) {
     {
         let acc = acc.clone();
         let server = server.clone();
-        tokio::spawn(async move {
+        sides().server.spawn(async move {
             while let Some(s) = server.accept().await {
                 acc.held.lock().unwrap().push(s);
                 acc.count.fetch_add(1, Ordering::SeqCst);
@@ -361,7 +450,7 @@ async fn open_scaling(scale: &Scale) -> (f64, f64, usize) {
     // 1 k open, then a measured batch.
     let (_, base) = open_batch(&client, &acc, 1_000).await;
     let mut small = Vec::new();
-    for _ in 0..scale.rounds.max(3) {
+    for _ in 0..scale.open_rounds {
         let (rate, batch) = open_batch(&client, &acc, scale.open_batch).await;
         small.push(rate);
         close_batch(&client, &server, &acc, batch).await;
@@ -376,7 +465,7 @@ async fn open_scaling(scale: &Scale) -> (f64, f64, usize) {
         open_now += step;
     }
     let mut large = Vec::new();
-    for _ in 0..scale.rounds.max(3) {
+    for _ in 0..scale.open_rounds {
         let (rate, batch) = open_batch(&client, &acc, scale.open_batch).await;
         large.push(rate);
         close_batch(&client, &server, &acc, batch).await;
@@ -481,9 +570,10 @@ fn session_open_rate(open: usize, batch: usize, rounds: usize) -> f64 {
 }
 
 fn main() {
-    const FLAGS: [&str; 6] = [
+    const FLAGS: [&str; 7] = [
         "--quick",
         "--profile-one-stream",
+        "--profile-raw-one-stream",
         "--profile-many-streams",
         "--profile-open",
         "--help",
@@ -499,11 +589,13 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     if std::env::args().any(|a| a == "--help" || a == "-h") {
         println!(
-            "usage: bench-mux [--quick | --profile-one-stream | --profile-many-streams | --profile-open]\n\n\
+            "usage: bench-mux [--quick | --profile-one-stream | --profile-raw-one-stream |\n\
+             \x20                 --profile-many-streams | --profile-open]\n\n\
              Compares svcnet's multiplexer with raw TCP and rust-yamux over loopback TCP and prints\n\
              key=value figures. --quick runs a small smoke-sized version; the --profile-* modes run\n\
-             one long scenario alone, for perf: a 4 GiB single-stream transfer, 100 streams of\n\
-             40 MiB, or the sans-IO open rate at 1 k and 1 M open streams."
+             one long scenario alone, for perf: a 4 GiB single-stream transfer through the mux or\n\
+             over raw TCP, 100 streams of 40 MiB, or the sans-IO open rate at 1 k and 1 M open\n\
+             streams."
         );
         return;
     }
@@ -519,6 +611,11 @@ fn main() {
     if std::env::args().any(|a| a == "--profile-one-stream") {
         let g = rt.block_on(mux_throughput(1, 4 << 30));
         report("mux_one_stream_gbps", format!("{g:.2}"));
+        return;
+    }
+    if std::env::args().any(|a| a == "--profile-raw-one-stream") {
+        let g = rt.block_on(raw_tcp(1, 4 << 30));
+        report("raw_tcp_one_stream_gbps", format!("{g:.2}"));
         return;
     }
     if std::env::args().any(|a| a == "--profile-open") {
@@ -582,7 +679,7 @@ fn main() {
         report("yamux_one_stream_ratio", format!("{:.3}", median(&r_yamux)));
         report("mux_100_streams_ratio", format!("{:.3}", median(&r_many)));
 
-        let (rate_1k, rate_1m, concurrent) = open_scaling(&scale).await;
+        let (rate_1k, rate_1m, concurrent) = open_scaling(scale).await;
         report("mux_open_rate_at_1k", format!("{rate_1k:.0}"));
         report("mux_open_rate_at_1m", format!("{rate_1m:.0}"));
         report(

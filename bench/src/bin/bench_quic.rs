@@ -23,6 +23,10 @@ use svcnet::node::{Mode, Node};
 use svcnet::proxy;
 use svcnet_bench::{median, report};
 
+/// The daemon's allocator, so that the nodes here behave as `svcnet daemon` does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A sink: reads until EOF, answers with the byte count (8 bytes, big-endian).
 fn sink_server() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind sink");

@@ -13,7 +13,7 @@
 //! beyond the session's own state: wakers are stored only while a task waits.
 
 use std::future::Future;
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
@@ -38,6 +38,24 @@ const MAX_WAITING_TASKS: usize = 1024;
 const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(5);
 /// Loop rounds before the driver yields to its executor.
 const ROUNDS_BEFORE_YIELD: usize = 64;
+/// Buffers passed to one vectored write (Linux accepts up to 1,024; 64 covers a full batch of
+/// 16 KiB frames with their headers).
+const MAX_IOV: usize = 64;
+
+/// How the driver hands its output to the pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WriteMode {
+    /// Copy each batch of frames into one contiguous buffer and write that. Works with every
+    /// pipe: most (TLS, `tokio_util::compat`, WebSocket wrappers) keep the futures-io default
+    /// of `poll_write_vectored`, which writes only the first buffer, and that would cost a call
+    /// and a packet per 9-byte frame header.
+    #[default]
+    Staged,
+    /// Pass the frames' headers and payloads to `poll_write_vectored` as they are, without the
+    /// copy. Only for pipes whose vectored write really writes several buffers in one call,
+    /// such as a socket wrapper that forwards it to `writev`.
+    Vectored,
+}
 
 /// A timer future from the embedding runtime.
 pub type Sleep = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -273,11 +291,13 @@ pub struct Driver<T> {
     /// Earlier read blocks, taken back once every payload slice of them is gone.
     spare_blocks: Vec<BytesMut>,
     read_done: bool,
-    /// Chunks from `poll_transmit`, copied into `stage` at once.
+    mode: WriteMode,
+    /// Chunks from `poll_transmit`. Staged: copied into `stage` at once. Vectored: written
+    /// from here; `out_pos`/`out_off` say how far.
     out: Vec<Bytes>,
-    /// Output as one contiguous buffer, and how much of it is written. Most pipes (TLS, the
-    /// tokio compat layer, WebSockets) write only the first slice of a vectored write, which
-    /// would cost a syscall and a packet per 9-byte frame header; one copy is far cheaper.
+    out_pos: usize,
+    out_off: usize,
+    /// Staged output as one contiguous buffer, and how much of it is written.
     stage: BytesMut,
     stage_off: usize,
     sleep: Option<(Instant, Sleep)>,
@@ -292,12 +312,28 @@ pub struct Driver<T> {
 }
 
 impl Connection {
-    /// Starts a session of `role` over `pipe`. `cfg` must pass [`Config::validate`].
+    /// Starts a session of `role` over `pipe`. `cfg` must pass [`Config::validate`]. Output is
+    /// staged ([`WriteMode::Staged`]), which suits every pipe.
     pub fn new<T>(
         pipe: T,
         role: Role,
         cfg: Config,
         clock: Arc<dyn Clock>,
+    ) -> (Connection, Driver<T>)
+    where
+        T: AsyncRead + AsyncWrite + Unpin,
+    {
+        Connection::with_write_mode(pipe, role, cfg, clock, WriteMode::Staged)
+    }
+
+    /// Like [`Connection::new`], choosing how output reaches the pipe; use
+    /// [`WriteMode::Vectored`] only with a pipe whose vectored write writes several buffers.
+    pub fn with_write_mode<T>(
+        pipe: T,
+        role: Role,
+        cfg: Config,
+        clock: Arc<dyn Clock>,
+        mode: WriteMode,
     ) -> (Connection, Driver<T>)
     where
         T: AsyncRead + AsyncWrite + Unpin,
@@ -323,7 +359,10 @@ impl Connection {
             read_buf: BytesMut::new(),
             spare_blocks: Vec::new(),
             read_done: false,
+            mode,
             out: Vec::new(),
+            out_pos: 0,
+            out_off: 0,
             stage: BytesMut::new(),
             stage_off: 0,
             sleep: None,
@@ -477,14 +516,22 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         self.read_buf = BytesMut::zeroed(READ_CHUNK);
     }
 
+    /// Whether output taken from the session is still waiting for the pipe.
+    fn output_pending(&self) -> bool {
+        self.stage_off < self.stage.len() || self.out_pos < self.out.len()
+    }
+
     /// Writes pending output, refilling it from the session. Returns whether anything moved,
     /// or the pipe's write error.
     fn pump_output(&mut self, cx: &mut Context<'_>, wake: &mut Vec<Waker>) -> io::Result<bool> {
         let mut moved = false;
         loop {
-            if self.stage_off == self.stage.len() {
+            if !self.output_pending() {
                 self.stage.clear();
                 self.stage_off = 0;
+                self.out.clear();
+                self.out_pos = 0;
+                self.out_off = 0;
                 let now = self.inner.clock.now();
                 let mut sh = self.inner.lock();
                 let n = sh.session.poll_transmit(now, &mut self.out, WRITE_BATCH);
@@ -504,12 +551,29 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                     }
                     return Ok(moved);
                 }
-                self.stage.reserve(n);
-                for chunk in self.out.drain(..) {
-                    self.stage.extend_from_slice(&chunk);
+                if self.mode == WriteMode::Staged {
+                    self.stage.reserve(n);
+                    for chunk in self.out.drain(..) {
+                        self.stage.extend_from_slice(&chunk);
+                    }
                 }
             }
-            match Pin::new(&mut self.pipe).poll_write(cx, &self.stage[self.stage_off..]) {
+            let written = match self.mode {
+                WriteMode::Staged => {
+                    Pin::new(&mut self.pipe).poll_write(cx, &self.stage[self.stage_off..])
+                }
+                WriteMode::Vectored => {
+                    let mut iov = [IoSlice::new(&[]); MAX_IOV];
+                    let pending = &self.out[self.out_pos..];
+                    let k = pending.len().min(MAX_IOV);
+                    for (i, chunk) in pending[..k].iter().enumerate() {
+                        let skip = if i == 0 { self.out_off } else { 0 };
+                        iov[i] = IoSlice::new(&chunk[skip..]);
+                    }
+                    Pin::new(&mut self.pipe).poll_write_vectored(cx, &iov[..k])
+                }
+            };
+            match written {
                 Poll::Pending => return Ok(moved),
                 Poll::Ready(Err(e)) => return Err(e),
                 Poll::Ready(Ok(0)) => {
@@ -520,9 +584,26 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                 }
                 Poll::Ready(Ok(n)) => {
                     moved = true;
-                    self.stage_off += n;
+                    match self.mode {
+                        WriteMode::Staged => self.stage_off += n,
+                        WriteMode::Vectored => self.advance_out(n),
+                    }
                 }
             }
+        }
+    }
+
+    /// Marks `n` bytes of `out` as written (empty chunks at the boundary are passed over).
+    fn advance_out(&mut self, mut n: usize) {
+        while self.out_pos < self.out.len() {
+            let left = self.out[self.out_pos].len() - self.out_off;
+            if n < left {
+                self.out_off += n;
+                return;
+            }
+            n -= left;
+            self.out_pos += 1;
+            self.out_off = 0;
         }
     }
 
@@ -582,7 +663,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         }
         let (deadline, sleep) = self.linger.as_mut().expect("armed");
         let expired = now >= *deadline || sleep.as_mut().poll(cx).is_ready();
-        let flushed = self.stage_off == self.stage.len()
+        let flushed = !self.output_pending()
             && !self.flush_pending
             && !self.inner.lock().session.wants_transmit();
         if !hopeless && !expired {
@@ -647,7 +728,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
                 let mut sh = this.inner.lock();
                 sh.driver_waker = Some(cx.waker().clone());
                 // Output may have been queued, or the session closed, since we last looked.
-                if (!sh.session.wants_transmit() || this.stage_off < this.stage.len())
+                if (!sh.session.wants_transmit() || this.output_pending())
                     && sh.session.is_closed().is_none()
                 {
                     return Poll::Pending;
