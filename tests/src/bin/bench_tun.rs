@@ -7,7 +7,7 @@
 //! latency: connect + one byte echoed, measured by this binary re-run inside beta's namespace
 //! (`--latency-client`), through `echo.alpha.svcnet` and directly.
 //!
-//! Usage: `bench-tun [--quick]`. Figures are printed as `key=value`.
+//! Usage: `bench-tun [--quick | --profile-one-stream]`. Figures are printed as `key=value`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -90,14 +90,16 @@ fn main() {
         }
         Some("--help") | Some("-h") => {
             println!(
-                "usage: bench-tun [--quick]\n\n\
+                "usage: bench-tun [--quick | --profile-one-stream]\n\n\
                  iperf3 through svcnet (TUN mode, two network namespaces) against iperf3 directly\n\
                  over the same veth, one stream and four, plus connect latency; key=value figures\n\
-                 and same-run ratios. Needs root. --quick: one short round (smoke run)."
+                 and same-run ratios. Needs root. --quick: one short round (smoke run).\n\
+                 --profile-one-stream: one 20-second stream through svcnet and nothing else, to\n\
+                 attach perf to."
             );
             return;
         }
-        Some("--quick") | None => {}
+        Some("--quick") | Some("--profile-one-stream") | None => {}
         Some(other) => {
             eprintln!("bench-tun: unknown argument `{other}`; run `bench-tun --help`");
             std::process::exit(2);
@@ -173,6 +175,11 @@ fn main() {
         },
     );
 
+    if args.iter().any(|a| a == "--profile-one-stream") {
+        let g = iperf(&lab, &iperf_addr, 5201, 1, 20);
+        println!("tun_one_stream_gbps={g:.3}");
+        return;
+    }
     let mut results: Vec<(String, f64)> = Vec::new();
     for streams in [1u32, 4] {
         let (mut direct, mut svcnet) = (Vec::new(), Vec::new());
