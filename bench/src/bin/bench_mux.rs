@@ -43,7 +43,7 @@ impl Scale {
             rounds: 5,
             one_stream_bytes: 1 << 30,
             many_streams: 100,
-            many_stream_bytes: 8 << 20,
+            many_stream_bytes: 32 << 20,
             open_batch: 50_000,
             open_rounds: 9,
             big_open: 1_000_000,
@@ -418,19 +418,18 @@ async fn close_batch(client: &Connection, server: &Connection, acc: &Accepted, m
     panic!("closed streams did not go away");
 }
 
-/// The open-rate figures, with the opening side running on the client runtime and the
-/// accepting side on the server runtime.
-async fn open_scaling(scale: Scale) -> (f64, f64, usize) {
-    sides()
-        .client
-        .spawn(open_scaling_on_client(scale))
-        .await
-        .expect("open scaling")
+/// One connection for the open-rate test: the server side accepts and holds every stream.
+struct OpenRig {
+    client: Connection,
+    server: Connection,
+    acc: Arc<Accepted>,
+    /// Streams held open on the client side (the base population).
+    held: Vec<Vec<Stream>>,
 }
 
-async fn open_scaling_on_client(scale: Scale) -> (f64, f64, usize) {
-    let max = (scale.big_open + 2 * scale.open_batch) as u32;
-    let (client, server) = mux_pair(max).await;
+/// A connection with `base` streams open (opened in steps of 100 k).
+async fn open_rig(base: usize, max_streams: u32) -> OpenRig {
+    let (client, server) = mux_pair(max_streams).await;
     let acc = Arc::new(Accepted {
         held: Mutex::new(Vec::new()),
         count: AtomicUsize::new(0),
@@ -447,42 +446,76 @@ async fn open_scaling_on_client(scale: Scale) -> (f64, f64, usize) {
             }
         });
     }
-    // 1 k open, then a measured batch.
-    let (_, base) = open_batch(&client, &acc, 1_000).await;
-    let mut small = Vec::new();
-    for _ in 0..scale.open_rounds {
-        let (rate, batch) = open_batch(&client, &acc, scale.open_batch).await;
-        small.push(rate);
-        close_batch(&client, &server, &acc, batch).await;
-    }
-    // Up to 1 M open, then the same measured batch.
-    let mut bulk = vec![base];
-    let mut open_now = 1_000;
-    while open_now < scale.big_open {
-        let step = (scale.big_open - open_now).min(100_000);
+    let mut held = Vec::new();
+    let mut open_now = 0;
+    while open_now < base {
+        let step = (base - open_now).min(100_000);
         let (_, b) = open_batch(&client, &acc, step).await;
-        bulk.push(b);
+        held.push(b);
         open_now += step;
     }
-    let mut large = Vec::new();
-    for _ in 0..scale.open_rounds {
-        let (rate, batch) = open_batch(&client, &acc, scale.open_batch).await;
-        large.push(rate);
-        close_batch(&client, &server, &acc, batch).await;
+    OpenRig {
+        client,
+        server,
+        acc,
+        held,
     }
-    let concurrent = server.stats().streams;
+}
+
+impl OpenRig {
+    /// Opens a measured batch on top of the base population, then closes it again.
+    async fn round(&self, batch: usize) -> f64 {
+        let (rate, streams) = open_batch(&self.client, &self.acc, batch).await;
+        close_batch(&self.client, &self.server, &self.acc, streams).await;
+        rate
+    }
+}
+
+/// The open-rate figures, with the opening side running on the client runtime and the
+/// accepting side on the server runtime.
+async fn open_scaling(scale: Scale) -> (f64, f64, f64, usize) {
+    sides()
+        .client
+        .spawn(open_scaling_on_client(scale))
+        .await
+        .expect("open scaling")
+}
+
+/// Two connections, one with 1 k streams open and one with `big_open`; measured batches
+/// alternate between them, so that both sizes see the same machine (rates on these shared
+/// machines drift by half from one second to the next). Returns the median rates, the median of
+/// the per-round ratios, and the streams open at the large size.
+async fn open_scaling_on_client(scale: Scale) -> (f64, f64, f64, usize) {
+    let small_rig = open_rig(1_000, (1_000 + 2 * scale.open_batch) as u32).await;
+    let large_rig = open_rig(
+        scale.big_open,
+        (scale.big_open + 2 * scale.open_batch) as u32,
+    )
+    .await;
+    let (mut small, mut large, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..scale.open_rounds {
+        let s = small_rig.round(scale.open_batch).await;
+        let l = large_rig.round(scale.open_batch).await;
+        small.push(s);
+        large.push(l);
+        ratios.push(l / s);
+    }
+    let concurrent = large_rig.server.stats().streams;
     // Data still flows with all of them open.
-    let mut s = client.open().await.expect("open at scale");
+    let mut s = large_rig.client.open().await.expect("open at scale");
     s.write_all(b"ping").await.expect("write");
     s.close().await.expect("close");
-    wait_accepted(&acc, open_now + 1).await;
-    let mut last = acc.held.lock().unwrap().pop().expect("accepted");
+    wait_accepted(&large_rig.acc, scale.big_open + 1).await;
+    let mut last = large_rig.acc.held.lock().unwrap().pop().expect("accepted");
     let mut got = Vec::new();
     last.read_to_end(&mut got).await.expect("read");
     assert_eq!(got, b"ping");
-    client.close(svcnet_core::mux::ErrorCode::NoError, "done");
-    drop(bulk);
-    (median(&small), median(&large), concurrent)
+    for rig in [small_rig, large_rig] {
+        rig.client
+            .close(svcnet_core::mux::ErrorCode::NoError, "done");
+        drop(rig.held);
+    }
+    (median(&small), median(&large), median(&ratios), concurrent)
 }
 
 // ---- idle memory (sans-IO, exact) --------------------------------------------------------------
@@ -539,34 +572,75 @@ fn idle_stream_bytes(streams: usize) -> f64 {
     (after - before) as f64 / streams as f64 / 2.0
 }
 
-/// Stream opens per second in the sans-IO session alone (open, SYN delivered, accepted by the
-/// peer), with `open` streams already open: isolates the session's data structures. Each of
-/// `rounds` batches is opened, timed, then reset, so later rounds see the steady state at that
-/// size (no table growth); returns the median.
-fn session_open_rate(open: usize, batch: usize, rounds: usize) -> f64 {
-    let (mut client, mut server, mut out) = session_pair(open, open + batch + 1);
-    let now = Instant::ZERO;
-    let mut rates = Vec::new();
-    for _ in 0..rounds {
+/// Sessions joined back to back with a base population of open streams, for open rates.
+struct SessionRig {
+    client: Session,
+    server: Session,
+    out: Vec<bytes::Bytes>,
+    open: usize,
+}
+
+impl SessionRig {
+    fn new(open: usize, batch: usize) -> SessionRig {
+        let (client, server, out) = session_pair(open, open + batch + 1);
+        SessionRig {
+            client,
+            server,
+            out,
+            open,
+        }
+    }
+
+    /// Opens `batch` streams (open, SYN delivered, accepted by the peer) and returns opens per
+    /// second; then resets them, so the next round sees the same population (no table growth).
+    fn round(&mut self, batch: usize) -> f64 {
+        let now = Instant::ZERO;
         let start = StdInstant::now();
         let mut ids = Vec::with_capacity(batch);
         while ids.len() < batch {
             for _ in 0..1000.min(batch - ids.len()) {
-                ids.push(client.open(now).expect("open"));
+                ids.push(self.client.open(now).expect("open"));
             }
-            shuttle(&mut client, &mut server, &mut out);
+            shuttle(&mut self.client, &mut self.server, &mut self.out);
         }
-        rates.push(batch as f64 / start.elapsed().as_secs_f64());
-        assert_eq!(server.stream_count(), open + batch);
+        let rate = batch as f64 / start.elapsed().as_secs_f64();
+        assert_eq!(self.server.stream_count(), self.open + batch);
         for id in ids {
-            client
+            self.client
                 .reset(id, svcnet_core::mux::reset_code::CANCEL)
                 .expect("reset");
         }
-        shuttle(&mut client, &mut server, &mut out);
-        assert_eq!(server.stream_count(), open);
+        shuttle(&mut self.client, &mut self.server, &mut self.out);
+        assert_eq!(self.server.stream_count(), self.open);
+        rate
     }
-    median(&rates)
+}
+
+/// Stream opens per second in the sans-IO session alone, with 1 k and with `big_open` streams
+/// already open: isolates the session's data structures. Batches alternate between the two
+/// sizes (as in the adapter test); returns the median rates and the median per-round ratio.
+fn session_open_rates(big_open: usize, batch: usize, rounds: usize) -> (f64, f64, f64) {
+    let mut small_rig = SessionRig::new(1_000, batch);
+    let mut large_rig = SessionRig::new(big_open, batch);
+    let (mut small, mut large, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let s = small_rig.round(batch);
+        let l = large_rig.round(batch);
+        small.push(s);
+        large.push(l);
+        ratios.push(l / s);
+    }
+    (median(&small), median(&large), median(&ratios))
+}
+
+fn report_session_open_rates(big_open: usize, batch: usize, rounds: usize) {
+    let (small, large, ratio) = session_open_rates(big_open, batch, rounds);
+    report("mux_session_open_rate_at_1k", format!("{small:.0}"));
+    report("mux_session_open_rate_at_1m", format!("{large:.0}"));
+    report(
+        "mux_session_open_rate_ratio_1m_vs_1k",
+        format!("{ratio:.3}"),
+    );
 }
 
 fn main() {
@@ -619,14 +693,7 @@ fn main() {
         return;
     }
     if std::env::args().any(|a| a == "--profile-open") {
-        let small = session_open_rate(1_000, 50_000, 5);
-        let large = session_open_rate(1_000_000, 50_000, 5);
-        report("mux_session_open_rate_at_1k", format!("{small:.0}"));
-        report("mux_session_open_rate_at_1m", format!("{large:.0}"));
-        report(
-            "mux_session_open_rate_ratio_1m_vs_1k",
-            format!("{:.3}", large / small),
-        );
+        report_session_open_rates(1_000_000, 50_000, 5);
         return;
     }
     if std::env::args().any(|a| a == "--profile-many-streams") {
@@ -638,15 +705,7 @@ fn main() {
     let idle = idle_stream_bytes(scale.idle_streams);
     report("mux_idle_stream_bytes", format!("{idle:.1}"));
     report("mux_idle_streams_measured", scale.idle_streams);
-    let rounds = scale.rounds.max(3);
-    let small = session_open_rate(1_000, scale.open_batch, rounds);
-    let large = session_open_rate(scale.big_open, scale.open_batch, rounds);
-    report("mux_session_open_rate_at_1k", format!("{small:.0}"));
-    report("mux_session_open_rate_at_1m", format!("{large:.0}"));
-    report(
-        "mux_session_open_rate_ratio_1m_vs_1k",
-        format!("{:.3}", large / small),
-    );
+    report_session_open_rates(scale.big_open, scale.open_batch, scale.open_rounds);
 
     rt.block_on(async {
         let (mut r_mux, mut r_yamux, mut r_many) = (Vec::new(), Vec::new(), Vec::new());
@@ -679,13 +738,10 @@ fn main() {
         report("yamux_one_stream_ratio", format!("{:.3}", median(&r_yamux)));
         report("mux_100_streams_ratio", format!("{:.3}", median(&r_many)));
 
-        let (rate_1k, rate_1m, concurrent) = open_scaling(scale).await;
+        let (rate_1k, rate_1m, ratio, concurrent) = open_scaling(scale).await;
         report("mux_open_rate_at_1k", format!("{rate_1k:.0}"));
         report("mux_open_rate_at_1m", format!("{rate_1m:.0}"));
-        report(
-            "mux_open_rate_ratio_1m_vs_1k",
-            format!("{:.3}", rate_1m / rate_1k),
-        );
+        report("mux_open_rate_ratio_1m_vs_1k", format!("{ratio:.3}"));
         report("mux_max_concurrent_streams", concurrent);
     });
 }
