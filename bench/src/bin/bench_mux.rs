@@ -418,13 +418,38 @@ async fn close_batch(client: &Connection, server: &Connection, acc: &Accepted, m
     panic!("closed streams did not go away");
 }
 
+/// Open rates measured in alternating rounds at a small and a large population.
+#[derive(Default)]
+struct PairedRates {
+    small: Vec<f64>,
+    large: Vec<f64>,
+}
+
+impl PairedRates {
+    fn push(&mut self, small: f64, large: f64) {
+        self.small.push(small);
+        self.large.push(large);
+    }
+
+    /// The median rates at each size and the median of the per-round ratios large ÷ small.
+    fn medians(&self) -> (f64, f64, f64) {
+        let ratios: Vec<f64> = self
+            .large
+            .iter()
+            .zip(&self.small)
+            .map(|(l, s)| l / s)
+            .collect();
+        (median(&self.small), median(&self.large), median(&ratios))
+    }
+}
+
 /// One connection for the open-rate test: the server side accepts and holds every stream.
 struct OpenRig {
     client: Connection,
     server: Connection,
     acc: Arc<Accepted>,
-    /// Streams held open on the client side (the base population).
-    held: Vec<Vec<Stream>>,
+    /// Keeps the base population open on the client side for as long as the rig lives.
+    _held: Vec<Stream>,
 }
 
 /// A connection with `base` streams open (opened in steps of 100 k).
@@ -451,14 +476,14 @@ async fn open_rig(base: usize, max_streams: u32) -> OpenRig {
     while open_now < base {
         let step = (base - open_now).min(100_000);
         let (_, b) = open_batch(&client, &acc, step).await;
-        held.push(b);
+        held.extend(b);
         open_now += step;
     }
     OpenRig {
         client,
         server,
         acc,
-        held,
+        _held: held,
     }
 }
 
@@ -492,13 +517,10 @@ async fn open_scaling_on_client(scale: Scale) -> (f64, f64, f64, usize) {
         (scale.big_open + 2 * scale.open_batch) as u32,
     )
     .await;
-    let (mut small, mut large, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut rates = PairedRates::default();
     for _ in 0..scale.open_rounds {
         let s = small_rig.round(scale.open_batch).await;
-        let l = large_rig.round(scale.open_batch).await;
-        small.push(s);
-        large.push(l);
-        ratios.push(l / s);
+        rates.push(s, large_rig.round(scale.open_batch).await);
     }
     let concurrent = large_rig.server.stats().streams;
     // Data still flows with all of them open.
@@ -513,9 +535,9 @@ async fn open_scaling_on_client(scale: Scale) -> (f64, f64, f64, usize) {
     for rig in [small_rig, large_rig] {
         rig.client
             .close(svcnet_core::mux::ErrorCode::NoError, "done");
-        drop(rig.held);
     }
-    (median(&small), median(&large), median(&ratios), concurrent)
+    let (small, large, ratio) = rates.medians();
+    (small, large, ratio, concurrent)
 }
 
 // ---- idle memory (sans-IO, exact) --------------------------------------------------------------
@@ -622,15 +644,12 @@ impl SessionRig {
 fn session_open_rates(big_open: usize, batch: usize, rounds: usize) -> (f64, f64, f64) {
     let mut small_rig = SessionRig::new(1_000, batch);
     let mut large_rig = SessionRig::new(big_open, batch);
-    let (mut small, mut large, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut rates = PairedRates::default();
     for _ in 0..rounds {
         let s = small_rig.round(batch);
-        let l = large_rig.round(batch);
-        small.push(s);
-        large.push(l);
-        ratios.push(l / s);
+        rates.push(s, large_rig.round(batch));
     }
-    (median(&small), median(&large), median(&ratios))
+    rates.medians()
 }
 
 fn report_session_open_rates(big_open: usize, batch: usize, rounds: usize) {
