@@ -24,6 +24,7 @@ pub mod dns_server;
 pub mod metrics;
 pub mod node;
 pub mod proxy;
+pub mod quic_io;
 pub mod sockopt;
 pub mod tls;
 pub mod tun_mode;

@@ -217,7 +217,7 @@ impl Node {
             Mode::ClientOnly => Vec::new(),
         };
         let mut endpoints = Vec::new();
-        let runtime = quinn::default_runtime().ok_or("no async runtime for QUIC")?;
+        let runtime: Arc<dyn quinn::Runtime> = Arc::new(crate::quic_io::BatchingRuntime::new());
         for addr in &binds {
             let socket = sockopt::bind_udp(*addr, &quic_socket_options(&config)).map_err(|e| {
                 format!("cannot listen on {addr} (config key `listen`): {e}; is another svcnet daemon running, or the port taken?")

@@ -1,0 +1,418 @@
+//! The runtime and UDP socket the node hands to quinn: tokio, plus larger send batches.
+//!
+//! quinn builds at most 10 datagrams per transmit (`MAX_TRANSMIT_SEGMENTS` in quinn 0.11, an
+//! open question upstream in quinn-rs/quinn#2189) and sends at most 20 datagrams per poll of a
+//! connection's driver before it yields. Each transmit becomes one `sendmsg` with UDP GSO, so bulk
+//! data costs one syscall — and one pass of the kernel's UDP, IP and veth paths — per 10
+//! datagrams. Measured in `bench-tun`, sending up to 44 datagrams per call instead moves a third
+//! more through the same two cores (`docs/architecture.md` §7.4).
+//!
+//! This module gets there without changing quinn, through the two seams it offers:
+//!
+//! - [`BatchingRuntime::spawn`] wraps each driver task quinn spawns (one per connection, one per
+//!   endpoint). While the wrapper polls its driver, a thread-local [`Batch`] is active; a driver
+//!   that yields only to go on sending (it woke itself) is polled again at once, up to
+//!   [`MAX_ROUNDS`] times, so several of its transmits meet in one batch.
+//! - [`BatchingSocket::try_send`] appends GSO transmits to the active batch when they continue it
+//!   (same destination, source and ECN, same segment size, every datagram so far full-sized, and
+//!   the batch within the kernel's limits). Anything else flushes the batch first, so datagrams
+//!   leave in the order quinn produced them.
+//!
+//! Invariant: a batch never outlives the poll that filled it. The wrapper sends it before it
+//! returns; only a full socket (`WouldBlock`) keeps it, and then the wrapper is registered to be
+//! woken when the socket is writable and sends it before anything else.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+
+use quinn::udp::{EcnCodepoint, RecvMeta, Transmit};
+use quinn::{AsyncTimer, AsyncUdpSocket, Runtime, TokioRuntime, UdpPoller};
+use tracing::debug;
+
+/// Polls of a driver within one poll of its wrapper, while the driver wakes itself to go on.
+const MAX_ROUNDS: usize = 4;
+/// The most datagrams one send carries (the kernel's `UDP_MAX_SEGMENTS`).
+const MAX_BATCH_SEGMENTS: usize = 64;
+/// The most payload bytes one send carries: an IP packet's 65,535 bytes less the IPv6 and UDP
+/// headers, rounded down.
+const MAX_BATCH_BYTES: usize = 65_000;
+
+/// Counters of what the batching sockets sent, for tests and benchmarks.
+#[derive(Debug, Default)]
+pub struct SendStats {
+    /// `sendmsg` calls made for transmits (batched or not).
+    pub sends: AtomicU64,
+    /// Datagrams those calls carried.
+    pub datagrams: AtomicU64,
+}
+
+/// tokio, with quinn's driver tasks wrapped so that their transmits are sent in larger batches.
+#[derive(Debug, Default, Clone)]
+pub struct BatchingRuntime {
+    stats: Arc<SendStats>,
+}
+
+impl BatchingRuntime {
+    /// A runtime whose sockets count their sends in a fresh [`SendStats`].
+    pub fn new() -> BatchingRuntime {
+        BatchingRuntime::default()
+    }
+
+    /// What the sockets of this runtime sent so far.
+    pub fn stats(&self) -> &Arc<SendStats> {
+        &self.stats
+    }
+}
+
+impl Runtime for BatchingRuntime {
+    fn new_timer(&self, at: std::time::Instant) -> Pin<Box<dyn AsyncTimer>> {
+        TokioRuntime.new_timer(at)
+    }
+
+    fn spawn(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) {
+        tokio::spawn(Batched::new(future));
+    }
+
+    fn wrap_udp_socket(&self, socket: std::net::UdpSocket) -> io::Result<Arc<dyn AsyncUdpSocket>> {
+        let inner = TokioRuntime.wrap_udp_socket(socket)?;
+        Ok(Arc::new(BatchingSocket {
+            inner: Arc::new(Counted {
+                inner,
+                stats: self.stats.clone(),
+            }),
+        }))
+    }
+
+    fn now(&self) -> std::time::Instant {
+        TokioRuntime.now()
+    }
+}
+
+/// The socket that sends: tokio's, counting its sends.
+#[derive(Debug)]
+struct Counted {
+    inner: Arc<dyn AsyncUdpSocket>,
+    stats: Arc<SendStats>,
+}
+
+impl Counted {
+    fn send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
+        self.inner.try_send(transmit)?;
+        let datagrams = match transmit.segment_size {
+            Some(size) if size > 0 => transmit.contents.len().div_ceil(size),
+            _ => 1,
+        };
+        self.stats.sends.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .datagrams
+            .fetch_add(datagrams as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// The socket handed to quinn: sends through the batch of the driver being polled, if any.
+#[derive(Debug)]
+pub struct BatchingSocket {
+    inner: Arc<Counted>,
+}
+
+impl AsyncUdpSocket for BatchingSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        self.inner.inner.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
+        let max_segments = self
+            .inner
+            .inner
+            .max_transmit_segments()
+            .min(MAX_BATCH_SEGMENTS);
+        ACTIVE.with(|active| {
+            let mut active = active.borrow_mut();
+            let Some(batch) = active.as_mut() else {
+                return self.inner.send(transmit);
+            };
+            if batch.append(&self.inner, transmit, max_segments) {
+                return Ok(());
+            }
+            // Not a continuation: what is queued goes first.
+            batch.send()?;
+            if batch.append(&self.inner, transmit, max_segments) {
+                Ok(())
+            } else {
+                self.inner.send(transmit)
+            }
+        })
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        self.inner.inner.poll_recv(cx, bufs, meta)
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.inner.max_transmit_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.inner.may_fragment()
+    }
+}
+
+thread_local! {
+    /// The batch of the driver being polled on this thread.
+    static ACTIVE: RefCell<Option<Batch>> = const { RefCell::new(None) };
+}
+
+/// Consecutive datagrams of one connection, sent together with one segment size.
+#[derive(Default)]
+struct Batch {
+    socket: Option<Arc<Counted>>,
+    contents: Vec<u8>,
+    destination: Option<SocketAddr>,
+    src_ip: Option<IpAddr>,
+    ecn: Option<EcnCodepoint>,
+    segment_size: usize,
+    segments: usize,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.contents.is_empty()
+    }
+
+    /// Takes `transmit` if it continues this batch (or the batch is empty) and fits.
+    fn append(&mut self, socket: &Arc<Counted>, transmit: &Transmit<'_>, max_segments: usize) -> bool {
+        // Only GSO transmits are batched: single datagrams are ACKs, probes (whose size may be
+        // refused) and handshake packets, which should leave at once.
+        let Some(size) = transmit.segment_size else {
+            return false;
+        };
+        if size == 0 || transmit.contents.is_empty() || max_segments <= 1 {
+            return false;
+        }
+        let segments = transmit.contents.len().div_ceil(size);
+        if self.is_empty() {
+            if segments > max_segments || transmit.contents.len() > MAX_BATCH_BYTES {
+                return false;
+            }
+            self.socket = Some(socket.clone());
+            self.destination = Some(transmit.destination);
+            self.src_ip = transmit.src_ip;
+            self.ecn = transmit.ecn;
+            self.segment_size = size;
+        } else {
+            let continues = self
+                .socket
+                .as_ref()
+                .is_some_and(|s| Arc::ptr_eq(s, socket))
+                && self.destination == Some(transmit.destination)
+                && self.src_ip == transmit.src_ip
+                && self.ecn == transmit.ecn
+                && self.segment_size == size
+                // Every datagram so far is full-sized: only the last of a send may be short.
+                && self.contents.len() % size == 0
+                && self.segments + segments <= max_segments
+                && self.contents.len() + transmit.contents.len() <= MAX_BATCH_BYTES;
+            if !continues {
+                return false;
+            }
+        }
+        self.contents.extend_from_slice(transmit.contents);
+        self.segments += segments;
+        true
+    }
+
+    /// Sends the batch. On `WouldBlock` it stays queued.
+    fn send(&mut self) -> io::Result<()> {
+        let (Some(socket), Some(destination)) = (&self.socket, self.destination) else {
+            return Ok(());
+        };
+        if self.contents.is_empty() {
+            return Ok(());
+        }
+        let transmit = Transmit {
+            destination,
+            ecn: self.ecn,
+            contents: &self.contents,
+            segment_size: (self.segments > 1).then_some(self.segment_size),
+            src_ip: self.src_ip,
+        };
+        match socket.send(&transmit) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
+            Err(e) => {
+                // Like quinn's own sends: the datagrams are lost, and QUIC's loss recovery
+                // resends their contents.
+                debug!(error = %e, segments = self.segments, "UDP send failed; batch dropped");
+            }
+            Ok(()) => {}
+        }
+        self.contents.clear();
+        self.segments = 0;
+        self.socket = None;
+        self.destination = None;
+        Ok(())
+    }
+}
+
+/// Installs a batch as this thread's active one, and puts back the previous on drop (also when
+/// the poll panics, so a stale batch never lingers on the thread).
+struct Installed<'a> {
+    batch: &'a mut Batch,
+    previous: Option<Batch>,
+}
+
+impl<'a> Installed<'a> {
+    fn new(batch: &'a mut Batch) -> Installed<'a> {
+        let mine = std::mem::take(batch);
+        let previous = ACTIVE.with(|active| active.borrow_mut().replace(mine));
+        Installed { batch, previous }
+    }
+}
+
+impl Drop for Installed<'_> {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        let mine = ACTIVE.with(|active| std::mem::replace(&mut *active.borrow_mut(), previous));
+        *self.batch = mine.unwrap_or_default();
+    }
+}
+
+/// Tells a wrapper whether its driver woke itself while being polled, and forwards wakes that
+/// come while it is not being polled to the task.
+#[derive(Default)]
+struct WakeState {
+    woken: AtomicBool,
+    polling: AtomicBool,
+    task: Mutex<Option<Waker>>,
+}
+
+impl Wake for WakeState {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::SeqCst);
+        // While the wrapper polls, it sees the flag itself (and wakes the task if it stops with
+        // the flag set); outside a poll, the task must be woken now.
+        if !self.polling.load(Ordering::SeqCst) {
+            if let Some(waker) = self.task.lock().expect("waker lock").as_ref() {
+                waker.wake_by_ref();
+            }
+        }
+    }
+}
+
+/// A quinn driver task, polled with its batch active and the batch sent before each return.
+struct Batched {
+    driver: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    batch: Batch,
+    state: Arc<WakeState>,
+    waker: Waker,
+    poller: Option<Pin<Box<dyn UdpPoller>>>,
+}
+
+impl Batched {
+    fn new(driver: Pin<Box<dyn Future<Output = ()> + Send>>) -> Batched {
+        let state = Arc::new(WakeState::default());
+        Batched {
+            driver: Some(driver),
+            batch: Batch::default(),
+            waker: Waker::from(state.clone()),
+            state,
+            poller: None,
+        }
+    }
+
+    /// Sends the queued batch; `Pending` (and a wake-up registered) while the socket is full.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            match self.batch.send() {
+                Ok(()) => return Poll::Ready(()),
+                Err(_would_block) => {
+                    let Some(socket) = self.batch.socket.clone() else {
+                        return Poll::Ready(());
+                    };
+                    let poller = self
+                        .poller
+                        .get_or_insert_with(|| socket.inner.clone().create_io_poller());
+                    match poller.as_mut().poll_writable(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Ok(())) => continue,
+                        Poll::Ready(Err(e)) => {
+                            debug!(error = %e, "UDP socket failed; batch dropped");
+                            self.batch = Batch::default();
+                            return Poll::Ready(());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Future for Batched {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        {
+            let mut task = this.state.task.lock().expect("waker lock");
+            if !task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *task = Some(cx.waker().clone());
+            }
+        }
+        // A batch left by a full socket goes before anything new. If the socket is still full,
+        // the driver still runs (to take in ACKs); its sends then see `WouldBlock` as usual.
+        let _ = this.poll_send(cx);
+        if let Some(driver) = this.driver.as_mut() {
+            this.state.polling.store(true, Ordering::SeqCst);
+            let mut driver_cx = Context::from_waker(&this.waker);
+            let mut finished = false;
+            for _ in 0..MAX_ROUNDS {
+                this.state.woken.store(false, Ordering::SeqCst);
+                let installed = Installed::new(&mut this.batch);
+                let poll = driver.as_mut().poll(&mut driver_cx);
+                drop(installed);
+                if poll.is_ready() {
+                    finished = true;
+                    break;
+                }
+                if !this.state.woken.load(Ordering::SeqCst) {
+                    break;
+                }
+            }
+            this.state.polling.store(false, Ordering::SeqCst);
+            if this.state.woken.swap(false, Ordering::SeqCst) {
+                cx.waker().wake_by_ref();
+            }
+            if finished {
+                this.driver = None;
+            }
+        }
+        match this.poll_send(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) if this.driver.is_none() => Poll::Ready(()),
+            Poll::Ready(()) => Poll::Pending,
+        }
+    }
+}
