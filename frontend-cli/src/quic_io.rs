@@ -200,7 +200,12 @@ impl Batch {
     }
 
     /// Takes `transmit` if it continues this batch (or the batch is empty) and fits.
-    fn append(&mut self, socket: &Arc<Counted>, transmit: &Transmit<'_>, max_segments: usize) -> bool {
+    fn append(
+        &mut self,
+        socket: &Arc<Counted>,
+        transmit: &Transmit<'_>,
+        max_segments: usize,
+    ) -> bool {
         // Only GSO transmits are batched: single datagrams are ACKs, probes (whose size may be
         // refused) and handshake packets, which should leave at once.
         let Some(size) = transmit.segment_size else {

@@ -127,7 +127,7 @@ async fn handle(node: Node, table: Table, pending: PendingConnection) {
                 Ok((RoleStream::Remote(remote), _connection, _)) => {
                     let stream = pending.accept();
                     let reset = stream.reset_handle();
-                    let (read, write) = tokio::io::split(stream);
+                    let (read, write) = stream.into_split();
                     if pump_client_streams(read, write, remote).await.is_some() {
                         reset.reset();
                     }
@@ -169,7 +169,7 @@ async fn handle(node: Node, table: Table, pending: PendingConnection) {
         Ok(remote) => {
             let stream = pending.accept();
             let reset = stream.reset_handle();
-            let (read, write) = tokio::io::split(stream);
+            let (read, write) = stream.into_split();
             if pump_client_streams(read, write, remote).await.is_some() {
                 reset.reset();
             }

@@ -12,4 +12,6 @@ pub mod device;
 pub mod stack;
 
 pub use device::{TunDevice, TunError};
-pub use stack::{PendingConnection, ResetHandle, TunStack, TunTcpStream};
+pub use stack::{
+    PendingConnection, ResetHandle, TunReadHalf, TunStack, TunTcpStream, TunWriteHalf,
+};

@@ -32,6 +32,8 @@ use crate::device::TunDevice;
 const RX_LIMIT: usize = 256 * 1024;
 /// Bytes a connection may hold written by its consumer but not yet taken by the netstack.
 const TX_LIMIT: usize = 256 * 1024;
+/// The most bytes moved from the netstack into one receive-queue chunk.
+const READ_CHUNK: usize = 64 * 1024;
 /// Connection requests waiting for the owner; more are refused at once.
 const PENDING_LIMIT: usize = 1024;
 
@@ -90,10 +92,14 @@ impl PendingConnection {
         let _ = self
             .commands
             .send(Command::Accept(self.conn, shared.clone()));
-        TunTcpStream {
+        let link = Link {
             conn: self.conn,
             shared,
             commands: self.commands.clone(),
+        };
+        TunTcpStream {
+            read: TunReadHalf { link: link.clone() },
+            write: TunWriteHalf { link },
         }
     }
 
@@ -114,50 +120,231 @@ impl Drop for PendingConnection {
     }
 }
 
-/// An accepted connection from a TUN client, as a tokio byte stream. Dropping it closes the
-/// sending side gracefully (FIN after buffered data); [`TunTcpStream::reset`] aborts instead.
-pub struct TunTcpStream {
+/// A connection's shared state and the way to wake the driver about it.
+#[derive(Clone)]
+struct Link {
     conn: ConnId,
     shared: Shared,
     commands: mpsc::UnboundedSender<Command>,
 }
 
-impl TunTcpStream {
+impl Link {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ConnState> {
+        self.shared.lock().expect("conn lock")
+    }
+
     fn kick(&self, state: &mut ConnState) {
         if !state.kicked && !state.gone {
             state.kicked = true;
             let _ = self.commands.send(Command::Kick(self.conn));
         }
     }
+}
 
+/// An accepted connection from a TUN client, as a tokio byte stream. Dropping it closes the
+/// sending side gracefully (FIN after buffered data); [`TunTcpStream::reset_handle`] aborts
+/// instead. [`TunTcpStream::into_split`] gives owned halves.
+pub struct TunTcpStream {
+    read: TunReadHalf,
+    write: TunWriteHalf,
+}
+
+impl TunTcpStream {
     /// A handle that can reset this connection from elsewhere (e.g. the other half of a pump).
     pub fn reset_handle(&self) -> ResetHandle {
         ResetHandle {
-            conn: self.conn,
-            shared: self.shared.clone(),
-            commands: self.commands.clone(),
+            link: self.read.link.clone(),
         }
     }
+
+    /// The receiving and sending halves, usable from different places at once (no lock beyond
+    /// the connection's own state). Dropping the sending half closes gracefully.
+    pub fn into_split(self) -> (TunReadHalf, TunWriteHalf) {
+        (self.read, self.write)
+    }
+}
+
+/// The receiving half of a [`TunTcpStream`].
+pub struct TunReadHalf {
+    link: Link,
+}
+
+/// The sending half of a [`TunTcpStream`]; dropping it sends a FIN after the buffered data.
+pub struct TunWriteHalf {
+    link: Link,
 }
 
 /// Resets a [`TunTcpStream`]'s connection: the client gets a RST.
 #[derive(Clone)]
 pub struct ResetHandle {
-    conn: ConnId,
-    shared: Shared,
-    commands: mpsc::UnboundedSender<Command>,
+    link: Link,
 }
 
 impl ResetHandle {
     /// Aborts the connection.
     pub fn reset(&self) {
-        let mut state = self.shared.lock().expect("conn lock");
+        let mut state = self.link.lock();
         if state.gone || state.reset_requested {
             return;
         }
         state.reset_requested = true;
         state.kicked = true;
-        let _ = self.commands.send(Command::Kick(self.conn));
+        let _ = self.link.commands.send(Command::Kick(self.link.conn));
+    }
+}
+
+impl TunReadHalf {
+    /// Takes the next chunk the client sent, of at most `max` bytes, without copying it;
+    /// `None` once the client finished sending.
+    pub fn poll_read_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        self.poll_take(cx, |rx| {
+            let front = rx.front_mut().expect("queue not empty");
+            let chunk = if front.len() > max {
+                front.split_to(max)
+            } else {
+                rx.pop_front().expect("queue not empty")
+            };
+            let n = chunk.len();
+            (chunk, n)
+        })
+    }
+
+    /// Waits until the receive queue has bytes (or the stream ended), then lets `take` remove
+    /// some (it returns what it made of them and how many bytes it removed). `None` at the end
+    /// of the stream.
+    fn poll_take<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        take: impl FnOnce(&mut VecDeque<Bytes>) -> (T, usize),
+    ) -> Poll<io::Result<Option<T>>> {
+        let mut state = self.link.lock();
+        if state.reset {
+            return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
+        }
+        if state.rx.is_empty() {
+            if state.rx_eof || state.gone {
+                return Poll::Ready(Ok(None));
+            }
+            state.read_waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let (taken, n) = take(&mut state.rx);
+        state.rx_bytes -= n;
+        if state.rx_blocked && state.rx_bytes < RX_LIMIT / 2 {
+            state.rx_blocked = false;
+            self.link.kick(&mut state);
+        }
+        Poll::Ready(Ok(Some(taken)))
+    }
+}
+
+impl AsyncRead for TunReadHalf {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let taken = this.poll_take(cx, |rx| {
+            // As many queued chunks as fit.
+            let mut n = 0;
+            while buf.remaining() > 0 {
+                let Some(front) = rx.front_mut() else { break };
+                let k = front.len().min(buf.remaining());
+                buf.put_slice(&front[..k]);
+                front.advance(k);
+                n += k;
+                if front.is_empty() {
+                    rx.pop_front();
+                }
+            }
+            ((), n)
+        });
+        taken.map_ok(|_| ())
+    }
+}
+
+impl TunWriteHalf {
+    /// Queues as much of `data` as the send buffer has room for.
+    fn poll_put(&mut self, cx: &mut Context<'_>, data: &[&[u8]]) -> Poll<io::Result<usize>> {
+        let mut state = self.link.lock();
+        if state.reset {
+            return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
+        }
+        if state.gone || state.tx_shutdown {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        let total: usize = data.iter().map(|d| d.len()).sum();
+        if total == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        let room = TX_LIMIT.saturating_sub(state.tx.len());
+        if room == 0 {
+            state.write_waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let mut taken = 0;
+        for piece in data {
+            let n = piece.len().min(room - taken);
+            state.tx.extend_from_slice(&piece[..n]);
+            taken += n;
+            if taken == room {
+                break;
+            }
+        }
+        self.link.kick(&mut state);
+        Poll::Ready(Ok(taken))
+    }
+}
+
+impl AsyncWrite for TunWriteHalf {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_put(cx, &[data])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let slices: Vec<&[u8]> = bufs.iter().map(|b| &**b).collect();
+        self.get_mut().poll_put(cx, &slices)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let mut state = this.link.lock();
+        if !state.tx_shutdown {
+            state.tx_shutdown = true;
+            this.link.kick(&mut state);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for TunWriteHalf {
+    fn drop(&mut self) {
+        let mut state = self.link.lock();
+        if !state.tx_shutdown {
+            state.tx_shutdown = true;
+            self.link.kick(&mut state);
+        }
     }
 }
 
@@ -167,35 +354,7 @@ impl AsyncRead for TunTcpStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let mut state = this.shared.lock().expect("conn lock");
-        if state.reset {
-            return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
-        }
-        if state.rx.is_empty() {
-            if state.rx_eof || state.gone {
-                return Poll::Ready(Ok(()));
-            }
-            state.read_waker = Some(cx.waker().clone());
-            return Poll::Pending;
-        }
-        while buf.remaining() > 0 {
-            let Some(front) = state.rx.front_mut() else {
-                break;
-            };
-            let n = front.len().min(buf.remaining());
-            buf.put_slice(&front[..n]);
-            front.advance(n);
-            if front.is_empty() {
-                state.rx.pop_front();
-            }
-            state.rx_bytes -= n;
-        }
-        if state.rx_blocked && state.rx_bytes < RX_LIMIT / 2 {
-            state.rx_blocked = false;
-            this.kick(&mut state);
-        }
-        Poll::Ready(Ok(()))
+        Pin::new(&mut self.get_mut().read).poll_read(cx, buf)
     }
 }
 
@@ -205,47 +364,27 @@ impl AsyncWrite for TunTcpStream {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let mut state = this.shared.lock().expect("conn lock");
-        if state.reset {
-            return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
-        }
-        if state.gone || state.tx_shutdown {
-            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-        }
-        let room = TX_LIMIT.saturating_sub(state.tx.len());
-        if room == 0 {
-            state.write_waker = Some(cx.waker().clone());
-            return Poll::Pending;
-        }
-        let n = room.min(data.len());
-        state.tx.extend_from_slice(&data[..n]);
-        this.kick(&mut state);
-        Poll::Ready(Ok(n))
+        Pin::new(&mut self.get_mut().write).poll_write(cx, data)
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().write).poll_write_vectored(cx, bufs)
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let mut state = this.shared.lock().expect("conn lock");
-        if !state.tx_shutdown {
-            state.tx_shutdown = true;
-            this.kick(&mut state);
-        }
-        Poll::Ready(Ok(()))
+    fn is_write_vectored(&self) -> bool {
+        true
     }
-}
 
-impl Drop for TunTcpStream {
-    fn drop(&mut self) {
-        let mut state = self.shared.lock().expect("conn lock");
-        if !state.tx_shutdown {
-            state.tx_shutdown = true;
-            self.kick(&mut state);
-        }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().write).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().write).poll_shutdown(cx)
     }
 }
 
@@ -275,7 +414,6 @@ impl TunStack {
             epoch: std::time::Instant::now(),
             commands: commands.clone(),
             pending: pending_tx,
-            scratch: vec![0u8; 64 * 1024],
         };
         tokio::spawn(driver.run(command_rx));
         (TunStack { commands, stats }, pending_rx)
@@ -309,7 +447,6 @@ struct Driver {
     epoch: std::time::Instant,
     commands: mpsc::UnboundedSender<Command>,
     pending: mpsc::Sender<PendingConnection>,
-    scratch: Vec<u8>,
 }
 
 impl Driver {
@@ -462,16 +599,17 @@ impl Driver {
         // Netstack → consumer, while there is room.
         let mut woke_reader = false;
         while !state.rx_eof && state.rx_bytes < RX_LIMIT {
-            let want = (RX_LIMIT - state.rx_bytes).min(self.scratch.len());
-            match self.netstack.read(conn, &mut self.scratch[..want]) {
+            let want = (RX_LIMIT - state.rx_bytes).min(READ_CHUNK);
+            // Read straight into the chunk the consumer will own: no copy through a scratch
+            // buffer.
+            let mut chunk = Vec::new();
+            match self.netstack.read_append(conn, &mut chunk, want) {
                 Ok(0) => {
                     state.rx_eof = true;
                     woke_reader = true;
                 }
                 Ok(n) => {
-                    state
-                        .rx
-                        .push_back(Bytes::copy_from_slice(&self.scratch[..n]));
+                    state.rx.push_back(Bytes::from(chunk));
                     state.rx_bytes += n;
                     woke_reader = true;
                 }

@@ -795,27 +795,76 @@ impl Netstack {
     /// half-close: writing still works). Only what fits in `buf` is taken from smoltcp, so a
     /// slow reader closes the TCP window.
     pub fn read(&mut self, conn: ConnId, buf: &mut [u8]) -> Result<usize, Error> {
+        let mut filled = 0;
+        self.read_with(conn, buf.len(), |data| {
+            buf[filled..filled + data.len()].copy_from_slice(data);
+            filled += data.len();
+        })
+    }
+
+    /// Like [`Netstack::read`], but appends up to `max` bytes to `out`: a caller that hands the
+    /// bytes on in an owned buffer saves the copy through a scratch buffer.
+    pub fn read_append(
+        &mut self,
+        conn: ConnId,
+        out: &mut Vec<u8>,
+        max: usize,
+    ) -> Result<usize, Error> {
+        out.reserve(max.min(self.readable_bytes(conn)));
+        self.read_with(conn, max, |data| out.extend_from_slice(data))
+    }
+
+    /// Takes up to `max` bytes from smoltcp's receive buffer, handing each contiguous piece of
+    /// its ring to `sink`; the result as for [`Netstack::read`].
+    fn read_with(
+        &mut self,
+        conn: ConnId,
+        max: usize,
+        mut sink: impl FnMut(&[u8]),
+    ) -> Result<usize, Error> {
         let open = self.open_mut(conn)?;
         if open.phase == Phase::Handshake {
             return Err(Error::WouldBlock);
         }
         let socket = open.sockets.get_mut::<tcp::Socket>(open.handle);
-        let result = match socket.recv_slice(buf) {
-            Ok(0) if !buf.is_empty() => {
-                open.read_armed = true;
-                Err(Error::WouldBlock)
+        let mut taken = 0;
+        let mut failed = None;
+        // The ring may wrap: at most two contiguous pieces.
+        for _ in 0..2 {
+            if taken == max {
+                break;
             }
-            Ok(n) => {
+            let piece = socket.recv(|data| {
+                let n = data.len().min(max - taken);
+                sink(&data[..n]);
+                (n, n)
+            });
+            match piece {
+                Ok(0) => break,
+                Ok(n) => taken += n,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        let result = match failed {
+            _ if taken > 0 => {
                 if socket.recv_queue() == 0 {
                     open.read_armed = true;
                 }
-                Ok(n)
+                Ok(taken)
             }
-            Err(tcp::RecvError::Finished) => {
+            None if max == 0 => Ok(0),
+            None => {
+                open.read_armed = true;
+                Err(Error::WouldBlock)
+            }
+            Some(tcp::RecvError::Finished) => {
                 open.eof_read = true;
                 Ok(0)
             }
-            Err(tcp::RecvError::InvalidState) => {
+            Some(tcp::RecvError::InvalidState) => {
                 // Not readable yet (or any more): wait for the next event.
                 open.read_armed = true;
                 Err(Error::WouldBlock)

@@ -1,18 +1,22 @@
 //! Moving bytes between a local byte stream (a TCP socket, a TUN connection) and a QUIC stream.
 //!
-//! Both directions run in one task. TCP → QUIC uses `write_chunk` with `Bytes` split from one
-//! growing buffer (no copy into quinn); QUIC → TCP gathers every received chunk into one buffer
-//! per write (one copy, but one syscall per batch instead of one per packet). A FIN
-//! maps to a stream finish and back to `shutdown(SHUT_WR)`; any reset or error resets both sides
-//! (`docs/protocol.md` §4.4).
+//! Both directions run in one task, and neither copies in user space: local → QUIC hands owned
+//! chunks to `write_chunk` (a TUN connection's queued chunks as they are, a socket's reads split
+//! off one growing buffer), and QUIC → local takes quinn's received chunks with `read_chunks` and
+//! writes them gathered (`writev`: up to [`GATHER`] chunks per call, instead of one syscall per
+//! ~1.4 KB packet payload). A FIN maps to a stream finish and back to `shutdown(SHUT_WR)`; any
+//! reset or error resets both sides (`docs/protocol.md` §4.4).
 
+use std::future::Future;
+use std::io::{self, IoSlice};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use quinn::{RecvStream, SendStream, VarInt};
 use svcnet_core::wire::stream::stream_error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use svcnet_tun::TunReadHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::ServiceStream;
@@ -37,10 +41,17 @@ pub async fn pump(
 ) {
     let _ = tcp.set_nodelay(true);
     let (tcp_read, tcp_write) = tcp.into_split();
-    if let Some((tcp_read, tcp_write)) =
-        pump_streams(tcp_read, tcp_write, send, recv, counters, direction).await
+    if let Some((tcp_read, tcp_write)) = pump_streams(
+        BufferedRead::new(tcp_read),
+        tcp_write,
+        send,
+        recv,
+        counters,
+        direction,
+    )
+    .await
     {
-        if let Ok(tcp) = tcp_read.reunite(tcp_write) {
+        if let Ok(tcp) = tcp_read.into_inner().reunite(tcp_write) {
             let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
         }
     }
@@ -57,8 +68,8 @@ pub async fn pump_streams<R, W>(
     direction: Direction,
 ) -> Option<(R, W)>
 where
-    R: tokio::io::AsyncRead + Unpin,
-    W: tokio::io::AsyncWrite + Unpin,
+    R: LocalRead,
+    W: AsyncWrite + Unpin,
 {
     // "up" carries bytes read from the local side; which counter that is depends on the side.
     let (up_counter, down_counter) = match direction {
@@ -67,19 +78,14 @@ where
     };
     let reset = {
         let up = async {
-            let mut buf = BytesMut::with_capacity(64 * 1024);
             loop {
-                if buf.capacity() < 16 * 1024 {
-                    buf.reserve(64 * 1024);
-                }
-                match local_read.read_buf(&mut buf).await {
-                    Ok(0) => {
+                match local_read.read_chunk().await {
+                    Ok(None) => {
                         let _ = send.finish();
                         return HalfEnd::Finished;
                     }
-                    Ok(n) => {
-                        up_counter.fetch_add(n as u64, Ordering::Relaxed);
-                        let chunk: Bytes = buf.split().freeze();
+                    Ok(Some(chunk)) => {
+                        up_counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                         if send.write_chunk(chunk).await.is_err() {
                             return HalfEnd::Reset;
                         }
@@ -89,15 +95,16 @@ where
             }
         };
         let down = async {
-            // quinn hands data over in packet-sized chunks; writing each to the socket would cost
-            // a syscall per ~1.2 KB. `read` gathers every chunk already received into one buffer,
-            // so one write carries up to 256 KiB.
-            let mut buf = vec![0u8; 256 * 1024];
+            let mut chunks = vec![Bytes::new(); GATHER];
             loop {
-                match recv.read(&mut buf).await {
+                match recv.read_chunks(&mut chunks).await {
                     Ok(Some(n)) => {
-                        down_counter.fetch_add(n as u64, Ordering::Relaxed);
-                        if local_write.write_all(&buf[..n]).await.is_err() {
+                        let bytes: usize = chunks[..n].iter().map(Bytes::len).sum();
+                        down_counter.fetch_add(bytes as u64, Ordering::Relaxed);
+                        if write_all_chunks(&mut local_write, &mut chunks[..n])
+                            .await
+                            .is_err()
+                        {
                             return HalfEnd::Reset;
                         }
                     }
@@ -144,8 +151,10 @@ where
 pub async fn pump_client(tcp: TcpStream, stream: ServiceStream) {
     let _ = tcp.set_nodelay(true);
     let (tcp_read, tcp_write) = tcp.into_split();
-    if let Some((tcp_read, tcp_write)) = pump_client_streams(tcp_read, tcp_write, stream).await {
-        if let Ok(tcp) = tcp_read.reunite(tcp_write) {
+    if let Some((tcp_read, tcp_write)) =
+        pump_client_streams(BufferedRead::new(tcp_read), tcp_write, stream).await
+    {
+        if let Ok(tcp) = tcp_read.into_inner().reunite(tcp_write) {
             let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
         }
     }
@@ -155,8 +164,8 @@ pub async fn pump_client(tcp: TcpStream, stream: ServiceStream) {
 /// connection was reset (for the caller to reset the local side).
 pub async fn pump_client_streams<R, W>(read: R, write: W, stream: ServiceStream) -> Option<(R, W)>
 where
-    R: tokio::io::AsyncRead + Unpin,
-    W: tokio::io::AsyncWrite + Unpin,
+    R: LocalRead,
+    W: AsyncWrite + Unpin,
 {
     let ServiceStream {
         send,
@@ -168,4 +177,96 @@ where
     let result = pump_streams(read, write, send, recv, &counters, Direction::Proxied).await;
     drop(permit);
     result
+}
+
+/// Received chunks written per gathered write.
+const GATHER: usize = 64;
+
+/// The reading half of a pump's local side: hands over what it read as owned chunks, so they go
+/// to QUIC without a copy.
+pub trait LocalRead: Send {
+    /// The next chunk read (never empty), or `None` at the end of the stream.
+    fn read_chunk(&mut self) -> impl Future<Output = io::Result<Option<Bytes>>> + Send;
+}
+
+/// Any tokio reader as a [`LocalRead`]: each read's bytes are split off one growing buffer.
+pub struct BufferedRead<R> {
+    inner: R,
+    buf: BytesMut,
+}
+
+impl<R> BufferedRead<R> {
+    /// Wraps `inner`.
+    pub fn new(inner: R) -> BufferedRead<R> {
+        BufferedRead {
+            inner,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// The reader back (bytes read but not yet taken are gone).
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+}
+
+impl<R: AsyncRead + Unpin + Send> LocalRead for BufferedRead<R> {
+    async fn read_chunk(&mut self) -> io::Result<Option<Bytes>> {
+        if self.buf.capacity() < 16 * 1024 {
+            self.buf.reserve(64 * 1024);
+        }
+        match self.inner.read_buf(&mut self.buf).await? {
+            0 => Ok(None),
+            _ => Ok(Some(self.buf.split().freeze())),
+        }
+    }
+}
+
+impl LocalRead for TunReadHalf {
+    async fn read_chunk(&mut self) -> io::Result<Option<Bytes>> {
+        std::future::poll_fn(|cx| self.poll_read_chunk(cx, usize::MAX)).await
+    }
+}
+
+/// Writes every byte of `chunks`: gathered, [`GATHER`] chunks per call at most, where the
+/// writer supports it; otherwise copied together and written at once.
+async fn write_all_chunks<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    chunks: &mut [Bytes],
+) -> io::Result<()> {
+    if !writer.is_write_vectored() {
+        let mut gathered = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
+        for chunk in chunks.iter() {
+            gathered.extend_from_slice(chunk);
+        }
+        return writer.write_all(&gathered).await;
+    }
+    let mut first = 0;
+    loop {
+        while chunks.get(first).is_some_and(Bytes::is_empty) {
+            first += 1;
+        }
+        if first == chunks.len() {
+            return Ok(());
+        }
+        let mut slices = [IoSlice::new(&[]); GATHER];
+        let mut count = 0;
+        for (slot, chunk) in slices.iter_mut().zip(&chunks[first..]) {
+            *slot = IoSlice::new(chunk);
+            count += 1;
+        }
+        let mut written = writer.write_vectored(&slices[..count]).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 {
+            let chunk = &mut chunks[first];
+            let n = chunk.len().min(written);
+            chunk.advance(n);
+            written -= n;
+            if chunk.is_empty() {
+                first += 1;
+            }
+        }
+    }
 }
