@@ -234,7 +234,7 @@ impl Batch {
                 && self.ecn == transmit.ecn
                 && self.segment_size == size
                 // Every datagram so far is full-sized: only the last of a send may be short.
-                && self.contents.len() % size == 0
+                && self.contents.len().is_multiple_of(size)
                 && self.segments + segments <= max_segments
                 && self.contents.len() + transmit.contents.len() <= MAX_BATCH_BYTES;
             if !continues {
@@ -419,5 +419,283 @@ impl Future for Batched {
             Poll::Ready(()) if this.driver.is_none() => Poll::Ready(()),
             Poll::Ready(()) => Poll::Pending,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::net::UdpSocket;
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+    use svcnet_core::identity::NodeKey;
+
+    use super::*;
+
+    /// One transmit as quinn would hand it over: `segments` datagrams of `segment_size` bytes,
+    /// the last `last` bytes long; GSO (a segment size) or a single datagram.
+    #[derive(Debug, Clone)]
+    struct Planned {
+        to: usize,
+        segment_size: usize,
+        segments: usize,
+        last: usize,
+        gso: bool,
+    }
+
+    fn planned() -> impl Strategy<Value = Planned> {
+        (
+            0usize..2,
+            prop_oneof![Just(1200usize), Just(1452usize)],
+            1usize..=10,
+            any::<prop::sample::Index>(),
+            any::<bool>(),
+        )
+            .prop_map(|(to, segment_size, segments, last, gso)| Planned {
+                to,
+                segment_size,
+                segments,
+                last: 1 + last.index(segment_size),
+                gso: gso || segments > 1,
+            })
+    }
+
+    /// The datagrams of a plan, each starting with its sequence number.
+    fn datagrams(plan: &[Planned]) -> Vec<Vec<Vec<u8>>> {
+        let mut seq = 0u32;
+        plan.iter()
+            .map(|t| {
+                (0..t.segments)
+                    .map(|i| {
+                        let len = if i + 1 == t.segments {
+                            t.last
+                        } else {
+                            t.segment_size
+                        };
+                        let mut d = vec![(seq % 251) as u8; len.max(4)];
+                        d.truncate(len);
+                        let tag = seq.to_be_bytes();
+                        let n = tag.len().min(len);
+                        d[..n].copy_from_slice(&tag[..n]);
+                        seq += 1;
+                        d
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The sends the batching rule makes for a plan (the model: greedy runs of GSO transmits).
+    fn expected_sends(plan: &[Planned], max_segments: usize) -> u64 {
+        let mut sends = 0;
+        // (destination, segment size, datagrams, bytes, all full-sized so far)
+        let mut batch: Option<(usize, usize, usize, usize, bool)> = None;
+        for t in plan {
+            let bytes = (t.segments - 1) * t.segment_size + t.last;
+            if !t.gso || max_segments <= 1 {
+                sends += u64::from(batch.take().is_some()) + 1;
+                continue;
+            }
+            if let Some((to, size, n, b, full)) = batch {
+                if to == t.to
+                    && size == t.segment_size
+                    && full
+                    && n + t.segments <= max_segments
+                    && b + bytes <= MAX_BATCH_BYTES
+                {
+                    batch = Some((to, size, n + t.segments, b + bytes, t.last == size));
+                    continue;
+                }
+                sends += 1;
+            }
+            batch = Some((
+                t.to,
+                t.segment_size,
+                t.segments,
+                bytes,
+                t.last == t.segment_size,
+            ));
+        }
+        sends + u64::from(batch.is_some())
+    }
+
+    fn receiver() -> UdpSocket {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind receiver");
+        socket2::SockRef::from(&socket)
+            .set_recv_buffer_size(8 << 20)
+            .expect("receive buffer");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        socket
+    }
+
+    /// Sends the plan from one wrapped task, the way a quinn driver does (wait for writability,
+    /// `try_send`, again on `WouldBlock`), all within one poll unless the socket fills up.
+    /// Returns the most datagrams one send may carry on this machine.
+    async fn send_plan(runtime: &BatchingRuntime, plan: &[Planned], to: [SocketAddr; 2]) -> usize {
+        let socket = runtime
+            .wrap_udp_socket(UdpSocket::bind("127.0.0.1:0").expect("bind sender"))
+            .expect("wrap");
+        let max_segments = socket.max_transmit_segments().min(MAX_BATCH_SEGMENTS);
+        let datagrams = datagrams(plan);
+        let transmits: Vec<(SocketAddr, Option<usize>, Vec<u8>)> = plan
+            .iter()
+            .zip(&datagrams)
+            .map(|(t, ds)| (to[t.to], t.gso.then_some(t.segment_size), ds.concat()))
+            .collect();
+        let mut poller = socket.clone().create_io_poller();
+        let mut next = 0;
+        let task = std::future::poll_fn(move |cx| {
+            while next < transmits.len() {
+                if poller.as_mut().poll_writable(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                let (destination, segment_size, contents) = &transmits[next];
+                let transmit = Transmit {
+                    destination: *destination,
+                    ecn: None,
+                    contents,
+                    segment_size: *segment_size,
+                    src_ip: None,
+                };
+                match socket.try_send(&transmit) {
+                    Ok(()) => next += 1,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => panic!("send failed: {e}"),
+                }
+            }
+            Poll::Ready(())
+        });
+        Batched::new(Box::pin(task)).await;
+        max_segments
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Whatever the mix of transmits, every datagram reaches its destination intact and in
+        /// order, and consecutive GSO transmits to one destination share sends exactly as the
+        /// rule says.
+        #[test]
+        fn datagrams_arrive_as_sent_and_runs_share_sends(plan in prop::collection::vec(planned(), 1..24)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let receivers = [receiver(), receiver()];
+            let to = [receivers[0].local_addr().unwrap(), receivers[1].local_addr().unwrap()];
+            let runtime = BatchingRuntime::new();
+            let max_segments = rt.block_on(send_plan(&runtime, &plan, to));
+            let datagrams = datagrams(&plan);
+            let mut buf = vec![0u8; 65536];
+            for (i, receiver) in receivers.iter().enumerate() {
+                let expected: Vec<&Vec<u8>> = plan
+                    .iter()
+                    .zip(&datagrams)
+                    .filter(|(t, _)| t.to == i)
+                    .flat_map(|(_, ds)| ds)
+                    .collect();
+                for want in expected {
+                    let n = receiver.recv(&mut buf).expect("a datagram within 5 s");
+                    prop_assert_eq!(&buf[..n], &want[..]);
+                }
+            }
+            let stats = runtime.stats();
+            prop_assert_eq!(stats.sends.load(Ordering::Relaxed), expected_sends(&plan, max_segments));
+            prop_assert_eq!(
+                stats.datagrams.load(Ordering::Relaxed),
+                plan.iter().map(|t| t.segments as u64).sum::<u64>()
+            );
+        }
+    }
+
+    /// A real QUIC transfer between two endpoints on this runtime: every byte arrives, and the
+    /// sender's bulk data leaves in sends of more datagrams than quinn puts in one transmit (10).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn quic_bulk_transfer_is_intact_and_sent_in_large_batches() {
+        let (server_key, client_key) = (NodeKey::from_seed([1; 32]), NodeKey::from_seed([2; 32]));
+        let allowed = Arc::new(BTreeSet::from([client_key.node_id()]));
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .stream_receive_window(quinn::VarInt::from_u32(8 << 20))
+            .receive_window(quinn::VarInt::from_u32(32 << 20))
+            .send_window(32 << 20);
+        let transport = Arc::new(transport);
+        let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(
+            crate::tls::server_config(&server_key, allowed).unwrap(),
+        )
+        .unwrap();
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+        server_config.transport_config(transport.clone());
+        let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(
+            crate::tls::client_config(&client_key).unwrap(),
+        )
+        .unwrap();
+        let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
+        client_config.transport_config(transport);
+
+        let server_runtime = BatchingRuntime::new();
+        let client_runtime = BatchingRuntime::new();
+        let server = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server_config),
+            UdpSocket::bind("127.0.0.1:0").unwrap(),
+            Arc::new(server_runtime.clone()),
+        )
+        .unwrap();
+        let client = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            None,
+            UdpSocket::bind("127.0.0.1:0").unwrap(),
+            Arc::new(client_runtime.clone()),
+        )
+        .unwrap();
+        let server_addr = server.local_addr().unwrap();
+
+        let data: Arc<Vec<u8>> = Arc::new(
+            (0..16u32 << 20)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+                .collect(),
+        );
+        let receiving = tokio::spawn(async move {
+            let connection = server.accept().await.unwrap().await.unwrap();
+            let mut recv = connection.accept_uni().await.unwrap();
+            let got = recv.read_to_end(64 << 20).await.unwrap();
+            connection.close(0u32.into(), b"done");
+            server.wait_idle().await;
+            got
+        });
+        let connection = client
+            .connect_with(
+                client_config,
+                server_addr,
+                &crate::tls::server_name_for(&server_key.node_id()),
+            )
+            .unwrap()
+            .await
+            .unwrap();
+        let mut send = connection.open_uni().await.unwrap();
+        send.write_all(&data).await.unwrap();
+        send.finish().unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(60), receiving)
+            .await
+            .expect("transfer within 60 s")
+            .unwrap();
+        assert!(
+            got == *data,
+            "received {} of {} bytes, or different bytes",
+            got.len(),
+            data.len()
+        );
+
+        let stats = client_runtime.stats();
+        let (sends, datagrams) = (
+            stats.sends.load(Ordering::Relaxed),
+            stats.datagrams.load(Ordering::Relaxed),
+        );
+        assert!(datagrams > 10_000, "{datagrams} datagrams for 16 MiB");
+        assert!(
+            datagrams > 10 * sends,
+            "{datagrams} datagrams in {sends} sends: no larger batches than quinn's own"
+        );
     }
 }

@@ -270,3 +270,123 @@ async fn write_all_chunks<W: AsyncWrite + Unpin>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A writer that takes at most the next of `limits` bytes per call (cycling), across as
+    /// many of the given buffers as that covers when it gathers.
+    struct ChoppyWriter {
+        vectored: bool,
+        limits: Vec<usize>,
+        calls: usize,
+        written: Vec<u8>,
+    }
+
+    impl ChoppyWriter {
+        fn take(&mut self, bufs: &[&[u8]]) -> usize {
+            let mut limit = self.limits[self.calls % self.limits.len()];
+            self.calls += 1;
+            let before = self.written.len();
+            for buf in bufs {
+                let n = buf.len().min(limit);
+                self.written.extend_from_slice(&buf[..n]);
+                limit -= n;
+                if limit == 0 {
+                    break;
+                }
+            }
+            self.written.len() - before
+        }
+    }
+
+    impl AsyncWrite for ChoppyWriter {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(self.get_mut().take(&[buf])))
+        }
+
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            assert!(
+                this.vectored,
+                "vectored write on a writer that does not gather"
+            );
+            let bufs: Vec<&[u8]> = bufs.iter().map(|b| &**b).collect();
+            Poll::Ready(Ok(this.take(&bufs)))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.vectored
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    proptest! {
+        /// Received chunks (empty ones too) written through writes that stop anywhere arrive
+        /// whole and in order.
+        #[test]
+        fn chunks_are_written_whole_and_in_order(
+            sizes in prop::collection::vec(0usize..3000, 0..150),
+            limits in prop::collection::vec(1usize..200_000, 1..8),
+            vectored in any::<bool>(),
+        ) {
+            let mut offset = 0u32;
+            let mut chunks: Vec<Bytes> = sizes
+                .iter()
+                .map(|&n| {
+                    let chunk: Vec<u8> = (0..n as u32).map(|i| ((offset + i) % 253) as u8).collect();
+                    offset += n as u32;
+                    Bytes::from(chunk)
+                })
+                .collect();
+            let expected: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+            let mut writer = ChoppyWriter { vectored, limits: limits.clone(), calls: 0, written: Vec::new() };
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(write_all_chunks(&mut writer, &mut chunks)).unwrap();
+            prop_assert!(writer.written == expected, "{} of {} bytes, or out of order", writer.written.len(), expected.len());
+        }
+    }
+
+    /// Packet-sized chunks go out [`GATHER`] per call to a gathering writer, all in one call to
+    /// one that does not gather.
+    #[test]
+    fn chunks_are_gathered_into_few_writes() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for (vectored, calls) in [(true, 100usize.div_ceil(GATHER)), (false, 1)] {
+            let mut chunks = vec![Bytes::from(vec![7u8; 1400]); 100];
+            let mut writer = ChoppyWriter {
+                vectored,
+                limits: vec![usize::MAX],
+                calls: 0,
+                written: Vec::new(),
+            };
+            rt.block_on(write_all_chunks(&mut writer, &mut chunks))
+                .unwrap();
+            assert_eq!(writer.written.len(), 140_000);
+            assert_eq!(writer.calls, calls, "vectored: {vectored}");
+        }
+    }
+}
