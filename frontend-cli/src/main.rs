@@ -154,23 +154,36 @@ fn main() -> ExitCode {
         _ => "warn",
     };
     init_logging(&cli.log, default_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("svcnet: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let outcome = match cli.command {
+        // The daemon's runtime is sized by its config (`threads`), so the config is read first.
+        Command::Daemon { config, userspace } => load(&config.config).and_then(|config| {
+            let threads = config.worker_threads();
+            runtime(Some(threads))?.block_on(async {
+                tracing::info!(threads, "async runtime started");
+                daemon(config, userspace).await
+            })
+        }),
+        command => runtime(None).and_then(|rt| rt.block_on(run(command))),
     };
-    match runtime.block_on(run(cli.command)) {
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("svcnet: {message}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The async runtime: `threads` workers, or one per CPU.
+fn runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime, String> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = threads {
+        builder.worker_threads(threads);
+    }
+    builder
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
 }
 
 async fn run(command: Command) -> Result<(), String> {

@@ -84,6 +84,27 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[registry]`.
     pub registry: RegistrySettings,
+    /// `threads`: worker threads of the daemon's runtime, if set; see [`Config::worker_threads`].
+    pub threads: Option<usize>,
+}
+
+/// The most worker threads `threads` may ask for.
+pub const MAX_THREADS: u64 = 1024;
+
+impl Config {
+    /// The daemon's worker threads: `threads` if set, otherwise half the CPUs (at least one).
+    /// Every byte the daemon carries is also written or read by a local application through the
+    /// kernel's TCP, on the same CPUs, at about the daemon's own cost; a daemon with a worker
+    /// per CPU competes with them and hands its tasks between threads more often. On 2 CPUs one
+    /// worker moved 5.0–5.3 Gbit/s through a TUN connection where two moved 4.6–4.8
+    /// (`docs/architecture.md` §7.4).
+    pub fn worker_threads(&self) -> usize {
+        self.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| (n.get() / 2).max(1))
+                .unwrap_or(1)
+        })
+    }
 }
 
 /// One `[[peers]]` entry.

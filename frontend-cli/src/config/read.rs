@@ -24,7 +24,7 @@ use super::{
     parse_service_target, Config, ConfigError, ConfigErrorKind, ControlConfig, DnsConfig, Limits,
     MetricsConfig, PeerAddr, PeerConfig, ProxyConfig, RegistrySettings, ServiceConfig,
     TransportConfig, TunConfig, DEFAULT_LISTEN, DEFAULT_MTU, DEFAULT_NETWORK, DEFAULT_TUN_NAME,
-    MAX_DURATION, MIN_MTU,
+    MAX_DURATION, MAX_THREADS, MIN_MTU,
 };
 use crate::sockopt::{
     check_ifname, Keepalive, SocketKind, SocketOptions, MAX_BUFFER, MAX_KEEPALIVE_COUNT, MIN_BUFFER,
@@ -47,6 +47,7 @@ const TOP_KEYS: &[&str] = &[
     "control",
     "metrics",
     "registry",
+    "threads",
 ];
 const PEER_KEYS: &[&str] = &["id", "name", "addrs"];
 const SERVICE_KEYS: &[&str] = &["target", "role", "health", "ports", "socket"];
@@ -464,6 +465,7 @@ pub(super) fn read(text: &str, path: &Path) -> Result<Config, ConfigError> {
     }
 
     let registry = read_registry(&doc, &top)?;
+    let threads = top.int("threads", 1, MAX_THREADS)?.map(|n| n as usize);
 
     Ok(Config {
         path: path.to_path_buf(),
@@ -481,6 +483,7 @@ pub(super) fn read(text: &str, path: &Path) -> Result<Config, ConfigError> {
         control,
         metrics,
         registry,
+        threads,
     })
 }
 

@@ -139,6 +139,10 @@ private_key = "{secret}"
 # QUIC listen addresses (multiaddrs /ip4|ip6/<address>/udp/<port>/quic-v1).
 # listen = ["/ip4/0.0.0.0/udp/7700/quic-v1"]
 
+# Worker threads of the daemon; default: half the CPUs, at least one (the applications whose
+# traffic the daemon carries need the other half).
+# threads = 2
+
 # The nodes this node talks to. Only the node ids listed here may connect. `name` is optional;
 # `addrs` are where to dial the peer (leave them out to only accept its connections).
 # [[peers]]

@@ -74,6 +74,18 @@ fn defaults() {
         PathBuf::from("/etc/svcnet/alpha.sock")
     );
     assert_eq!(config.metrics.listen, None);
+    assert_eq!(config.threads, None);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(config.worker_threads(), (cpus / 2).max(1));
+}
+
+#[test]
+fn threads_key() {
+    let config = load("threads = 3\n").unwrap();
+    assert_eq!((config.threads, config.worker_threads()), (Some(3), 3));
+    assert_error("threads = 0\n", "threads", "0 is out of range: 1 to 1024");
+    assert_error("threads = 5000\n", "threads", "out of range");
+    assert_error("threads = \"auto\"\n", "threads", "expected an integer");
 }
 
 #[test]
