@@ -5,12 +5,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use proptest::prelude::*;
-use svcnet_core::netstack::packet::{build_segment, parse, syn, Rejection, SegmentSpec};
+use svcnet_core::netstack::packet::{
+    build_segment, parse, parse_with, syn, Rejection, SegmentSpec,
+};
 use svcnet_core::netstack::smoltcp::wire::{
     Icmpv4Message, Icmpv4Packet, Icmpv6Message, Icmpv6Packet, IpProtocol, Ipv4Packet, Ipv6Packet,
     TcpControl, TcpPacket,
 };
-use svcnet_core::netstack::{Config, Event, Netstack, RefuseReason};
+use svcnet_core::netstack::{Config, Event, Netstack, RefuseReason, TcpChecksum};
 use svcnet_core::time::Instant;
 
 const SVC4: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 64, 0, 1));
@@ -188,6 +190,54 @@ fn malformed_and_unsupported_packets_are_dropped() {
     ));
 }
 
+/// A TUN device with checksum offload hands over this host's packets with only the pseudo-header
+/// sum in the TCP checksum field, marked as such: those are taken without verifying it, and
+/// everything else about the packet is still checked. Unmarked packets are verified.
+#[test]
+fn trusted_tcp_checksums_are_not_verified_but_everything_else_is() {
+    for (client, svc) in [(CLIENT4, SVC4), (CLIENT6, SVC6)] {
+        let good = syn(
+            SocketAddr::new(client, 1000),
+            SocketAddr::new(svc, 80),
+            1,
+            1460,
+        )
+        .unwrap();
+        // What offload leaves: the TCP checksum field does not match the segment.
+        let tcp_at = if client.is_ipv4() { 20 } else { 40 };
+        let mut partial = good.clone();
+        partial[tcp_at + 16] ^= 0x5a;
+        assert_eq!(parse(&partial).err(), Some(Rejection::Malformed));
+        assert!(parse_with(&partial, TcpChecksum::Trusted).is_ok());
+
+        let mut ns = ns();
+        ns.handle_packet_with(&partial, TcpChecksum::Verify, Instant::ZERO);
+        assert_eq!(ns.stats().dropped_invalid, 1);
+        ns.handle_packet_with(&partial, TcpChecksum::Trusted, Instant::ZERO);
+        assert!(matches!(
+            ns.poll_event(),
+            Some(Event::ConnectRequested { port: 80, .. })
+        ));
+
+        // Trust covers the TCP checksum only: a bad IPv4 header sum, a truncated segment or
+        // bad TCP options are still refused.
+        let mut truncated = partial.clone();
+        truncated.truncate(tcp_at + 10);
+        assert!(parse_with(&truncated, TcpChecksum::Trusted).is_err());
+        let mut bad_offset = partial.clone();
+        bad_offset[tcp_at + 12] = 0x10; // data offset 1 word: shorter than the TCP header
+        assert!(parse_with(&bad_offset, TcpChecksum::Trusted).is_err());
+        if client.is_ipv4() {
+            let mut bad_ip_sum = partial.clone();
+            bad_ip_sum[8] ^= 1;
+            assert_eq!(
+                parse_with(&bad_ip_sum, TcpChecksum::Trusted).err(),
+                Some(Rejection::Malformed)
+            );
+        }
+    }
+}
+
 fn ipv4_header_checksum(p: &[u8]) -> u16 {
     let mut sum = 0u32;
     for i in (0..20).step_by(2) {
@@ -331,18 +381,21 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     /// Arbitrary bytes, and valid packets with arbitrary bytes flipped, never panic, and only
-    /// packets to served addresses ever produce output.
+    /// packets to served addresses ever produce output — with checksums verified or trusted
+    /// (then flips that the checksum would have caught reach the deeper checks).
     #[test]
     fn arbitrary_input_never_panics(data in proptest::collection::vec(any::<u8>(), 0..200),
-                                    flips in proptest::collection::vec((any::<u16>(), any::<u8>()), 0..4)) {
+                                    flips in proptest::collection::vec((any::<u16>(), any::<u8>()), 0..4),
+                                    trusted in any::<bool>()) {
+        let checksum = if trusted { TcpChecksum::Trusted } else { TcpChecksum::Verify };
         let mut ns = ns();
-        ns.handle_packet(&data, Instant::ZERO);
+        ns.handle_packet_with(&data, checksum, Instant::ZERO);
         let mut p = syn(SocketAddr::new(CLIENT6, 1000), SocketAddr::new(SVC6, 80), 1, 1460).unwrap();
         for (at, x) in flips {
             let i = usize::from(at) % p.len();
             p[i] ^= x;
         }
-        ns.handle_packet(&p, Instant::ZERO);
+        ns.handle_packet_with(&p, checksum, Instant::ZERO);
         while let Some(out) = ns.poll_transmit(Instant::ZERO) {
             let seg = parse(&out);
             prop_assert!(seg.is_ok());

@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::device::TunDevice;
+use crate::device::{self, TunDevice};
 
 /// Bytes a connection may hold read from the netstack but not yet taken by its consumer.
 const RX_LIMIT: usize = 256 * 1024;
@@ -455,7 +455,8 @@ impl Driver {
     }
 
     async fn run(mut self, mut command_rx: mpsc::UnboundedReceiver<Command>) {
-        let mut packet = vec![0u8; usize::from(self.device.mtu()).max(1500) + 64];
+        let mut packet =
+            vec![0u8; usize::from(self.device.mtu()).max(1500) + 64 + device::VNET_HDR_LEN];
         loop {
             let sleep = match self.netstack.poll_timeout() {
                 Some(at) => at.saturating_duration_since(self.now()),
@@ -463,9 +464,9 @@ impl Driver {
             };
             tokio::select! {
                 received = self.device.recv(&mut packet) => match received {
-                    Ok(n) => {
+                    Ok((range, checksum)) => {
                         let now = self.now();
-                        self.netstack.handle_packet(&packet[..n], now);
+                        self.netstack.handle_packet_with(&packet[range], checksum, now);
                     }
                     Err(e) => {
                         warn!(error = %e, "TUN read failed; stopping the netstack");

@@ -45,7 +45,7 @@ use smoltcp::wire::{HardwareAddress, IpListenEndpoint, TcpControl};
 
 use crate::time::Instant;
 use device::QueueDevice;
-pub use packet::Rejection;
+pub use packet::{Rejection, TcpChecksum};
 use packet::{Segment, Unreachable};
 /// The smoltcp this module is built on, for owners and tests that drive client sockets.
 pub use smoltcp;
@@ -498,7 +498,14 @@ impl Netstack {
     /// Feeds one packet read from the TUN. Invalid packets and packets to unserved addresses
     /// are dropped (counted in [`Stats`]); nothing here panics on any input.
     pub fn handle_packet(&mut self, packet: &[u8], now: Instant) {
-        let seg = match packet::parse(packet) {
+        self.handle_packet_with(packet, TcpChecksum::Verify, now);
+    }
+
+    /// [`Netstack::handle_packet`] for a packet whose TCP checksum the source vouches for (or
+    /// not): a TUN device with checksum offload hands over the packets this host's TCP made
+    /// without computing their checksums at all.
+    pub fn handle_packet_with(&mut self, packet: &[u8], checksum: TcpChecksum, now: Instant) {
+        let seg = match packet::parse_with(packet, checksum) {
             Ok(seg) => seg,
             Err(_) => {
                 self.stats.dropped_invalid += 1;

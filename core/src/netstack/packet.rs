@@ -68,19 +68,36 @@ fn checked_source(addr: IpAddr) -> Result<(), Rejection> {
     }
 }
 
+/// What the source of a packet vouches for about its TCP checksum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcpChecksum {
+    /// Nothing: the checksum is verified (a packet from a network, or from an unknown source).
+    Verify,
+    /// The host's kernel vouches for the segment: it verified the checksum, or never computed
+    /// it because the packet was made on this host (a TUN device with checksum offload marks
+    /// such packets; their checksum field holds only the pseudo-header sum). Not verified.
+    Trusted,
+}
+
 /// Validates a raw IPv4 or IPv6 packet carrying TCP; returns the segment's facts.
 pub fn parse(packet: &[u8]) -> Result<Segment, Rejection> {
+    parse_with(packet, TcpChecksum::Verify)
+}
+
+/// [`parse`], verifying the TCP checksum only if `checksum` says so. (The IPv4 header checksum
+/// is always verified: offloads leave it complete.)
+pub fn parse_with(packet: &[u8], checksum: TcpChecksum) -> Result<Segment, Rejection> {
     if packet.is_empty() || packet.len() > MAX_PACKET {
         return Err(Rejection::Malformed);
     }
     match packet[0] >> 4 {
-        4 => parse_v4(packet),
-        6 => parse_v6(packet),
+        4 => parse_v4(packet, checksum),
+        6 => parse_v6(packet, checksum),
         _ => Err(Rejection::Malformed),
     }
 }
 
-fn parse_v4(packet: &[u8]) -> Result<Segment, Rejection> {
+fn parse_v4(packet: &[u8], checksum: TcpChecksum) -> Result<Segment, Rejection> {
     let ip = Ipv4Packet::new_checked(packet).map_err(|_| Rejection::Malformed)?;
     if !ip.verify_checksum() {
         return Err(Rejection::Malformed);
@@ -103,10 +120,11 @@ fn parse_v4(packet: &[u8]) -> Result<Segment, Rejection> {
         IpAddr::V4(src),
         IpAddr::V4(dst),
         ip_len,
+        checksum,
     )
 }
 
-fn parse_v6(packet: &[u8]) -> Result<Segment, Rejection> {
+fn parse_v6(packet: &[u8], checksum: TcpChecksum) -> Result<Segment, Rejection> {
     let ip = Ipv6Packet::new_checked(packet).map_err(|_| Rejection::Malformed)?;
     if ip.next_header() != IpProtocol::Tcp {
         // Extension headers (hop-by-hop, routing, fragment, ...) or another protocol.
@@ -129,13 +147,20 @@ fn parse_v6(packet: &[u8]) -> Result<Segment, Rejection> {
         IpAddr::V6(src),
         IpAddr::V6(dst),
         ip_len,
+        checksum,
     )
 }
 
-fn parse_tcp(bytes: &[u8], src: IpAddr, dst: IpAddr, ip_len: usize) -> Result<Segment, Rejection> {
+fn parse_tcp(
+    bytes: &[u8],
+    src: IpAddr,
+    dst: IpAddr,
+    ip_len: usize,
+    checksum: TcpChecksum,
+) -> Result<Segment, Rejection> {
     let tcp = TcpPacket::new_checked(bytes).map_err(|_| Rejection::Malformed)?;
     let (s, d) = (IpAddress::from(src), IpAddress::from(dst));
-    if !tcp.verify_checksum(&s, &d) {
+    if checksum == TcpChecksum::Verify && !tcp.verify_checksum(&s, &d) {
         return Err(Rejection::Malformed);
     }
     // Full parse: options, flag combinations (SYN+FIN, SYN+RST, ...) and ports 0 are rejected
