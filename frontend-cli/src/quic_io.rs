@@ -142,7 +142,16 @@ impl AsyncUdpSocket for BatchingSocket {
                 return Ok(());
             }
             // Not a continuation: what is queued goes first.
-            batch.send()?;
+            if let Err(e) = batch.send() {
+                if batch.is_for(&self.inner) {
+                    // This socket is full: quinn waits until it is writable, then retries.
+                    return Err(e);
+                }
+                // Queued for a socket quinn has replaced (a rebind): quinn cannot wait for
+                // that one. The datagrams are lost; QUIC resends their contents.
+                debug!("batch for a replaced UDP socket dropped");
+                batch.clear();
+            }
             if batch.append(&self.inner, transmit, max_segments) {
                 Ok(())
             } else {
@@ -199,6 +208,17 @@ impl Batch {
         self.contents.is_empty()
     }
 
+    fn is_for(&self, socket: &Arc<Counted>) -> bool {
+        self.socket.as_ref().is_some_and(|s| Arc::ptr_eq(s, socket))
+    }
+
+    fn clear(&mut self) {
+        self.contents.clear();
+        self.segments = 0;
+        self.socket = None;
+        self.destination = None;
+    }
+
     /// Takes `transmit` if it continues this batch (or the batch is empty) and fits.
     fn append(
         &mut self,
@@ -225,10 +245,7 @@ impl Batch {
             self.ecn = transmit.ecn;
             self.segment_size = size;
         } else {
-            let continues = self
-                .socket
-                .as_ref()
-                .is_some_and(|s| Arc::ptr_eq(s, socket))
+            let continues = self.is_for(socket)
                 && self.destination == Some(transmit.destination)
                 && self.src_ip == transmit.src_ip
                 && self.ecn == transmit.ecn
@@ -270,10 +287,7 @@ impl Batch {
             }
             Ok(()) => {}
         }
-        self.contents.clear();
-        self.segments = 0;
-        self.socket = None;
-        self.destination = None;
+        self.clear();
         Ok(())
     }
 }
@@ -333,8 +347,11 @@ struct Batched {
     batch: Batch,
     state: Arc<WakeState>,
     waker: Waker,
-    poller: Option<Pin<Box<dyn UdpPoller>>>,
+    /// Writability of the socket of a batch left by a full socket.
+    poller: Option<(Arc<Counted>, Poller)>,
 }
+
+type Poller = Pin<Box<dyn UdpPoller>>;
 
 impl Batched {
     fn new(driver: Pin<Box<dyn Future<Output = ()> + Send>>) -> Batched {
@@ -357,9 +374,15 @@ impl Batched {
                     let Some(socket) = self.batch.socket.clone() else {
                         return Poll::Ready(());
                     };
-                    let poller = self
+                    if !self
                         .poller
-                        .get_or_insert_with(|| socket.inner.clone().create_io_poller());
+                        .as_ref()
+                        .is_some_and(|(s, _)| Arc::ptr_eq(s, &socket))
+                    {
+                        let poller = socket.inner.clone().create_io_poller();
+                        self.poller = Some((socket, poller));
+                    }
+                    let (_, poller) = self.poller.as_mut().expect("poller set above");
                     match poller.as_mut().poll_writable(cx) {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(Ok(())) => continue,

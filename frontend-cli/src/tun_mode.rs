@@ -128,7 +128,9 @@ async fn handle(node: Node, table: Table, pending: PendingConnection) {
                     let stream = pending.accept();
                     let reset = stream.reset_handle();
                     let (read, write) = stream.into_split();
-                    if pump_client_streams(read, write, remote).await.is_some() {
+                    // The halves live until the reset is requested: dropping the sending
+                    // half first would queue a FIN ahead of the RST.
+                    if let Some(_halves) = pump_client_streams(read, write, remote).await {
                         reset.reset();
                     }
                 }
@@ -170,7 +172,9 @@ async fn handle(node: Node, table: Table, pending: PendingConnection) {
             let stream = pending.accept();
             let reset = stream.reset_handle();
             let (read, write) = stream.into_split();
-            if pump_client_streams(read, write, remote).await.is_some() {
+            // The halves live until the reset is requested: dropping the sending half first
+            // would queue a FIN ahead of the RST.
+            if let Some(_halves) = pump_client_streams(read, write, remote).await {
                 reset.reset();
             }
         }

@@ -28,10 +28,14 @@ pub const VNET_HDR_LEN: usize = 10;
 const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
 /// `flags`: the kernel verified the checksum.
 const VIRTIO_NET_HDR_F_DATA_VALID: u8 = 2;
-/// `_IOW('T', 208, unsigned int)` (include/uapi/linux/if_tun.h).
+/// `_IOW('T', 208, unsigned int)` (include/uapi/linux/if_tun.h), in the generic ioctl encoding
+/// of x86, arm and riscv (powerpc, mips and sparc encode it differently).
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
-/// Checksum offload: the reader copes with partial checksums.
-const TUN_F_CSUM: libc::c_uint = 0x01;
+/// Checksum offload: the reader copes with partial checksums. The kernel reads the argument as
+/// an `unsigned long`.
+const TUN_F_CSUM: libc::c_ulong = 0x01;
+/// `gso_type` of a packet that is not a segmentation batch.
+const VIRTIO_NET_HDR_GSO_NONE: u8 = 0;
 /// The header of every packet written: no flags, no segmentation (the netstack computes every
 /// checksum it sends).
 const PLAIN_HEADER: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
@@ -194,9 +198,10 @@ impl TunDevice {
 }
 
 /// The packet after the `virtio_net_hdr`, and what its flags say about its TCP checksum. A read
-/// shorter than the header gives an empty packet (dropped as invalid by the netstack).
+/// shorter than the header, or a segmentation batch (never asked for), gives an empty packet
+/// (dropped as invalid by the netstack).
 pub fn split_header(read: &[u8]) -> (Range<usize>, TcpChecksum) {
-    if read.len() < VNET_HDR_LEN {
+    if read.len() < VNET_HDR_LEN || read[1] != VIRTIO_NET_HDR_GSO_NONE {
         return (0..0, TcpChecksum::Verify);
     }
     let flags = read[0];
@@ -247,7 +252,10 @@ mod tests {
         );
         assert_eq!(with(VIRTIO_NET_HDR_F_NEEDS_CSUM).1, TcpChecksum::Trusted);
         assert_eq!(with(VIRTIO_NET_HDR_F_DATA_VALID).1, TcpChecksum::Trusted);
-        // Shorter than the header: nothing to hand on.
+        // Shorter than the header, or a segmentation batch: nothing to hand on.
         assert_eq!(split_header(&[1, 2, 3]), (0..0, TcpChecksum::Verify));
+        let mut batch = vec![VIRTIO_NET_HDR_F_NEEDS_CSUM, 4, 0, 0, 0, 0, 0, 0, 0, 0];
+        batch.extend_from_slice(&packet);
+        assert_eq!(split_header(&batch), (0..0, TcpChecksum::Verify));
     }
 }

@@ -107,6 +107,9 @@ where
                         {
                             return HalfEnd::Reset;
                         }
+                        // An emptied chunk still holds quinn's whole receive buffer; a quiet
+                        // stream must not keep them alive.
+                        chunks[..n].fill(Bytes::new());
                     }
                     Ok(None) => {
                         let _ = local_write.shutdown().await;
