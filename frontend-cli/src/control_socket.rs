@@ -152,14 +152,15 @@ pub fn status(node: &Node) -> Value {
     let peers: Vec<Value> = node
         .peer_status()
         .into_iter()
-        .map(|(s, rtt, path)| {
+        .map(|(s, link)| {
             json!({
                 "id": s.id.to_text(),
                 "name": s.name.map(|n| n.to_string()),
                 "state": s.state.as_str(),
                 "connections": s.connections,
-                "rtt_ms": rtt.map(|d| d.as_secs_f64() * 1000.0),
-                "path": path.map(|p| p.to_string()),
+                "rtt_ms": link.map(|l| l.rtt.as_secs_f64() * 1000.0),
+                "path": link.map(|l| l.path.to_string()),
+                "path_mtu": link.map(|l| l.path_mtu),
                 "failed_attempts": s.failed_attempts,
                 "last_error": s.last_error,
                 "services": s.services.iter().map(|n| n.to_string()).collect::<Vec<_>>(),

@@ -43,6 +43,28 @@ const MAX_BATCH_SEGMENTS: usize = 64;
 /// headers, rounded down.
 const MAX_BATCH_BYTES: usize = 65_000;
 
+/// The largest UDP payload path MTU discovery looks for, and accepted from peers: a 9,000-byte
+/// jumbo frame less the IPv6 and UDP headers. quinn's default (1,452) stops at Ethernet's 1,500
+/// even on links that carry more; discovery probes and keeps what the path actually delivers
+/// (1,472 bytes over IPv4 on a 1,500-byte link), so the bound only lets faster links be used.
+pub const MAX_UDP_PAYLOAD: u16 = 8952;
+
+/// QUIC's path MTU discovery, searching up to [`MAX_UDP_PAYLOAD`].
+pub fn mtu_discovery() -> quinn::MtuDiscoveryConfig {
+    let mut mtud = quinn::MtuDiscoveryConfig::default();
+    mtud.upper_bound(MAX_UDP_PAYLOAD);
+    mtud
+}
+
+/// An endpoint config with `reset_key` that accepts datagrams up to [`MAX_UDP_PAYLOAD`].
+pub fn endpoint_config(reset_key: Arc<dyn quinn::crypto::HmacKey>) -> quinn::EndpointConfig {
+    let mut config = quinn::EndpointConfig::new(reset_key);
+    config
+        .max_udp_payload_size(MAX_UDP_PAYLOAD)
+        .expect("MAX_UDP_PAYLOAD is within QUIC's limits");
+    config
+}
+
 /// Counters of what the batching sockets sent, for tests and benchmarks.
 #[derive(Debug, Default)]
 pub struct SendStats {
@@ -174,7 +196,13 @@ impl AsyncUdpSocket for BatchingSocket {
     }
 
     fn max_transmit_segments(&self) -> usize {
-        self.inner.inner.max_transmit_segments()
+        // quinn sizes a transmit by datagram count alone (quinn-rs/quinn#2201): ten datagrams
+        // of up to MAX_UDP_PAYLOAD bytes exceed what one send may carry, and the kernel would
+        // refuse the whole transmit. Seven always fit; the batches join them up again.
+        self.inner
+            .inner
+            .max_transmit_segments()
+            .min(MAX_BATCH_BYTES / usize::from(MAX_UDP_PAYLOAD))
     }
 
     fn max_receive_segments(&self) -> usize {
@@ -561,7 +589,12 @@ mod tests {
         let socket = runtime
             .wrap_udp_socket(UdpSocket::bind("127.0.0.1:0").expect("bind sender"))
             .expect("wrap");
-        let max_segments = socket.max_transmit_segments().min(MAX_BATCH_SEGMENTS);
+        // The batches' limit is the kernel's, not the smaller one quinn is told.
+        let max_segments = TokioRuntime
+            .wrap_udp_socket(UdpSocket::bind("127.0.0.1:0").expect("bind probe"))
+            .expect("wrap probe")
+            .max_transmit_segments()
+            .min(MAX_BATCH_SEGMENTS);
         let datagrams = datagrams(plan);
         let transmits: Vec<(SocketAddr, Option<usize>, Vec<u8>)> = plan
             .iter()
@@ -631,10 +664,29 @@ mod tests {
         }
     }
 
-    /// A real QUIC transfer between two endpoints on this runtime: every byte arrives, and the
-    /// sender's bulk data leaves in sends of more datagrams than quinn puts in one transmit (10).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn quic_bulk_transfer_is_intact_and_sent_in_large_batches() {
+    /// A loopback UDP socket with the daemon's 4 MiB buffers (`node::quic_socket_options`).
+    fn quic_socket() -> UdpSocket {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sock = socket2::SockRef::from(&socket);
+        sock.set_recv_buffer_size(4 << 20).unwrap();
+        sock.set_send_buffer_size(4 << 20).unwrap();
+        socket
+    }
+
+    /// What a QUIC transfer over loopback between two endpoints on this runtime showed.
+    struct Transfer {
+        /// The sender's sends and the datagrams they carried.
+        sends: u64,
+        datagrams: u64,
+        /// The sender's path MTU before and after the data.
+        mtu_before: u16,
+        mtu_after: u16,
+    }
+
+    /// Sends 16 MiB on one stream over loopback, after path MTU discovery up to `mtu_bound` has
+    /// finished (it probes while the connection has nothing else to send, as here before the
+    /// data), and checks every byte arrived.
+    async fn transfer(mtu_bound: u16) -> Transfer {
         let (server_key, client_key) = (NodeKey::from_seed([1; 32]), NodeKey::from_seed([2; 32]));
         let allowed = Arc::new(BTreeSet::from([client_key.node_id()]));
         let mut transport = quinn::TransportConfig::default();
@@ -642,6 +694,9 @@ mod tests {
             .stream_receive_window(quinn::VarInt::from_u32(8 << 20))
             .receive_window(quinn::VarInt::from_u32(32 << 20))
             .send_window(32 << 20);
+        let mut mtud = mtu_discovery();
+        mtud.upper_bound(mtu_bound);
+        transport.mtu_discovery_config(Some(mtud));
         let transport = Arc::new(transport);
         let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(
             crate::tls::server_config(&server_key, allowed).unwrap(),
@@ -656,19 +711,21 @@ mod tests {
         let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
         client_config.transport_config(transport);
 
-        let server_runtime = BatchingRuntime::new();
         let client_runtime = BatchingRuntime::new();
+        let reset_key = || -> Arc<dyn quinn::crypto::HmacKey> {
+            Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[9; 32]))
+        };
         let server = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            endpoint_config(reset_key()),
             Some(server_config),
-            UdpSocket::bind("127.0.0.1:0").unwrap(),
-            Arc::new(server_runtime.clone()),
+            quic_socket(),
+            Arc::new(BatchingRuntime::new()),
         )
         .unwrap();
         let client = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            endpoint_config(reset_key()),
             None,
-            UdpSocket::bind("127.0.0.1:0").unwrap(),
+            quic_socket(),
             Arc::new(client_runtime.clone()),
         )
         .unwrap();
@@ -696,6 +753,17 @@ mod tests {
             .unwrap()
             .await
             .unwrap();
+        let discovered = tokio::time::timeout(Duration::from_secs(10), async {
+            while connection.stats().path.current_mtu < mtu_bound {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        let mtu_before = connection.stats().path.current_mtu;
+        assert!(
+            discovered.is_ok(),
+            "path MTU {mtu_before} after 10 s over loopback"
+        );
         let mut send = connection.open_uni().await.unwrap();
         send.write_all(&data).await.unwrap();
         send.finish().unwrap();
@@ -709,16 +777,44 @@ mod tests {
             got.len(),
             data.len()
         );
-
         let stats = client_runtime.stats();
-        let (sends, datagrams) = (
-            stats.sends.load(Ordering::Relaxed),
-            stats.datagrams.load(Ordering::Relaxed),
-        );
-        assert!(datagrams > 10_000, "{datagrams} datagrams for 16 MiB");
+        Transfer {
+            sends: stats.sends.load(Ordering::Relaxed),
+            datagrams: stats.datagrams.load(Ordering::Relaxed),
+            mtu_before,
+            mtu_after: connection.stats().path.current_mtu,
+        }
+    }
+
+    /// At Ethernet-sized datagrams, the sender's bulk data leaves in sends of more datagrams
+    /// than quinn puts in one transmit (10).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn quic_bulk_transfer_is_sent_in_large_batches() {
+        let t = transfer(1452).await;
+        assert_eq!((t.mtu_before, t.mtu_after), (1452, 1452));
+        assert!(t.datagrams > 10_000, "{} datagrams for 16 MiB", t.datagrams);
         assert!(
-            datagrams > 10 * sends,
-            "{datagrams} datagrams in {sends} sends: no larger batches than quinn's own"
+            t.datagrams > 10 * t.sends,
+            "{} datagrams in {} sends: no larger batches than quinn's own",
+            t.datagrams,
+            t.sends
+        );
+    }
+
+    /// Where the path carries them (loopback), discovery reaches jumbo datagrams, and bulk data
+    /// keeps them: no send is refused for exceeding what one send may carry (quinn would take
+    /// the refused datagrams for a black hole and fall back to 1,200 bytes).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn quic_bulk_transfer_keeps_jumbo_datagrams() {
+        let t = transfer(MAX_UDP_PAYLOAD).await;
+        assert_eq!(
+            (t.mtu_before, t.mtu_after),
+            (MAX_UDP_PAYLOAD, MAX_UDP_PAYLOAD)
+        );
+        assert!(
+            t.datagrams < 16 * 1024 * 1024 / 8000 + 100,
+            "{} datagrams for 16 MiB",
+            t.datagrams
         );
     }
 }

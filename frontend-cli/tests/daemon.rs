@@ -448,6 +448,10 @@ fn echo_parallel_large_and_half_close() {
     let beta = &status["peers"][0];
     assert_eq!(beta["name"], "beta");
     assert_eq!(beta["state"], "connected");
+    // Loopback carries jumbo datagrams: path MTU discovery went past Ethernet's 1,452, and the
+    // bulk transfer did not make quinn fall back to 1,200 (architecture.md §6.7).
+    let mtu = beta["path_mtu"].as_u64().unwrap_or(0);
+    assert!(mtu > 1452, "path MTU {mtu} after 100 MB over loopback");
     let _ = std::fs::remove_dir_all(&net.dir);
 }
 

@@ -141,6 +141,17 @@ pub struct Node {
     inner: Arc<Inner>,
 }
 
+/// A connected peer's live figures (from its newest connection).
+#[derive(Clone, Copy, Debug)]
+pub struct PeerLink {
+    /// Smoothed round-trip time.
+    pub rtt: Duration,
+    /// The peer's address as this node sees it.
+    pub path: SocketAddr,
+    /// The largest UDP payload the connection sends (path MTU discovery's current result).
+    pub path_mtu: u16,
+}
+
 fn transport_config(config: &Config) -> quinn::TransportConfig {
     let limits = &config.limits;
     let mut t = quinn::TransportConfig::default();
@@ -153,6 +164,7 @@ fn transport_config(config: &Config) -> quinn::TransportConfig {
     t.stream_receive_window(VarInt::from_u32(8 << 20));
     t.receive_window(VarInt::from_u32(32 << 20));
     t.send_window(32 << 20);
+    t.mtu_discovery_config(Some(crate::quic_io::mtu_discovery()));
     t
 }
 
@@ -223,7 +235,7 @@ impl Node {
                 format!("cannot listen on {addr} (config key `listen`): {e}; is another svcnet daemon running, or the port taken?")
             })?;
             let endpoint = quinn::Endpoint::new(
-                quinn::EndpointConfig::new(reset_key(&config)),
+                crate::quic_io::endpoint_config(reset_key(&config)),
                 Some(server_config.clone()),
                 socket,
                 runtime.clone(),
@@ -253,7 +265,7 @@ impl Node {
                 let socket = sockopt::bind_udp(addr, &quic_socket_options(&config))
                     .map_err(|e| format!("binding a QUIC client socket on {addr}: {e}"))?;
                 let endpoint = quinn::Endpoint::new(
-                    quinn::EndpointConfig::new(reset_key(&config)),
+                    crate::quic_io::endpoint_config(reset_key(&config)),
                     None,
                     socket,
                     runtime.clone(),
@@ -389,21 +401,24 @@ impl Node {
         self.inner.book.lock().expect("peer book lock")
     }
 
-    /// Peer status with live RTTs.
-    pub fn peer_status(&self) -> Vec<(PeerStatus, Option<Duration>, Option<SocketAddr>)> {
+    /// Peer status, with the newest connection's live figures while the peer is connected.
+    pub fn peer_status(&self) -> Vec<(PeerStatus, Option<PeerLink>)> {
         let statuses = self.book().status();
         let conns = self.inner.conns.lock().expect("conns lock");
         statuses
             .into_iter()
             .map(|s| {
-                let newest = conns
-                    .iter()
-                    .rev()
-                    .find(|(_, (peer, _))| *peer == s.id)
-                    .map(|(_, (_, c))| c);
-                let rtt = newest.map(|c| c.rtt());
-                let path = newest.map(|c| c.remote_address());
-                (s, rtt, path)
+                let link =
+                    conns
+                        .iter()
+                        .rev()
+                        .find(|(_, (peer, _))| *peer == s.id)
+                        .map(|(_, (_, c))| PeerLink {
+                            rtt: c.rtt(),
+                            path: c.remote_address(),
+                            path_mtu: c.stats().path.current_mtu,
+                        });
+                (s, link)
             })
             .collect()
     }
@@ -970,13 +985,13 @@ pub fn render_metrics(node: &Node) -> String {
     let peers: Vec<(String, bool, Option<u64>)> = node
         .peer_status()
         .into_iter()
-        .map(|(s, rtt, _)| {
+        .map(|(s, link)| {
             (
                 s.name
                     .map(|n| n.to_string())
                     .unwrap_or_else(|| s.id.short()),
                 s.connections > 0,
-                rtt.map(|d| d.as_micros() as u64),
+                link.map(|l| l.rtt.as_micros() as u64),
             )
         })
         .collect();
