@@ -211,6 +211,22 @@ fn main() {
     };
     let direct_lat = latency("198.18.0.1:7001");
     let tun_lat = latency(&echo_target);
+    // The QUIC datagram size the sending node used (path MTU discovery's result): a fall back
+    // to 1,200 would show here.
+    let status = lab.exec(
+        1,
+        &[
+            svcnet_e2e::svcnet_bin().to_str().expect("utf-8 path"),
+            "status",
+            "--json",
+            "--config",
+            beta_cfg.to_str().expect("utf-8 path"),
+        ],
+    );
+    let path_mtu = serde_json::from_slice::<serde_json::Value>(&status.stdout)
+        .ok()
+        .and_then(|s| s["peers"][0]["path_mtu"].as_u64())
+        .unwrap_or(0);
     println!("mode={}", if quick { "quick" } else { "full" });
     for (k, v) in results {
         println!("{k}={v:.3}");
@@ -218,4 +234,5 @@ fn main() {
     println!("direct_connect_latency_us={direct_lat:.1}");
     println!("tun_connect_latency_us={tun_lat:.1}");
     println!("tun_connect_latency_ratio={:.2}", tun_lat / direct_lat);
+    println!("tun_path_mtu={path_mtu}");
 }
