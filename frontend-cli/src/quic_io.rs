@@ -21,6 +21,10 @@
 //! Invariant: a batch never outlives the poll that filled it. The wrapper sends it before it
 //! returns; only a full socket (`WouldBlock`) keeps it, and then the wrapper is registered to be
 //! woken when the socket is writable and sends it before anything else.
+//!
+//! The module also sets how large QUIC datagrams may get: path MTU discovery searches up to
+//! [`MAX_UDP_PAYLOAD`] (jumbo frames), and quinn is told at most 7 datagrams per transmit so that
+//! a transmit of jumbo datagrams still fits in one send (quinn-rs/quinn#2201).
 
 use std::cell::RefCell;
 use std::future::Future;
