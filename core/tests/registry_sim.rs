@@ -225,6 +225,20 @@ fn heartbeats_keep_instances_alive_far_beyond_one_lease() {
     )));
 }
 
+/// Links `n` nodes in a ring plus a chord from every fifth node across the ring (most pairs
+/// are not directly connected), each node announcing one `web` instance.
+fn ring_with_chords_serving_web(net: &mut Net, n: usize) {
+    for i in 0..n {
+        net.connect(i, (i + 1) % n);
+    }
+    for i in (0..n).step_by(5) {
+        net.connect(i, (i + n / 2) % n);
+    }
+    for i in 0..n {
+        net.set_instances(i, vec![instance("web", &format!("web@1.0.{i}"))]);
+    }
+}
+
 fn sparse_topology(routed: bool, bound: Duration) {
     let n = 30;
     let config = RegistryConfig {
@@ -239,16 +253,7 @@ fn sparse_topology(routed: bool, bound: Duration) {
     let mut net = Net::new(n, config, 17);
     net.loss_per_mille = 20;
     net.routed = routed;
-    // A ring plus a few chords: most pairs are not directly connected.
-    for i in 0..n {
-        net.connect(i, (i + 1) % n);
-    }
-    for i in (0..n).step_by(5) {
-        net.connect(i, (i + n / 2) % n);
-    }
-    for i in 0..n {
-        net.set_instances(i, vec![instance("web", &format!("web@1.0.{i}"))]);
-    }
+    ring_with_chords_serving_web(&mut net, n);
     let took = net
         .run_until_true(Duration::from_secs(60), |net| {
             net.same_instances() && net.nodes[0].instances().len() == n
@@ -420,15 +425,7 @@ fn swim_scope_connected_avoids_false_downs_without_routing() {
             ..RegistryConfig::default()
         };
         let mut net = Net::new(n, config, 17);
-        for i in 0..n {
-            net.connect(i, (i + 1) % n);
-        }
-        for i in (0..n).step_by(5) {
-            net.connect(i, (i + n / 2) % n);
-        }
-        for i in 0..n {
-            net.set_instances(i, vec![instance("web", &format!("web@1.0.{i}"))]);
-        }
+        ring_with_chords_serving_web(&mut net, n);
         net.run_for(Duration::from_secs(120));
         let count =
             |f: fn(&RegistryEvent) -> bool| net.events.iter().filter(|(_, _, e)| f(e)).count();

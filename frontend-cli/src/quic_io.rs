@@ -128,6 +128,11 @@ struct Counted {
 }
 
 impl Counted {
+    /// The most datagrams one send may carry here: the kernel's limit, 1 without GSO.
+    fn max_batch_segments(&self) -> usize {
+        self.inner.max_transmit_segments().min(MAX_BATCH_SEGMENTS)
+    }
+
     fn send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
         self.inner.try_send(transmit)?;
         let datagrams = match transmit.segment_size {
@@ -154,17 +159,12 @@ impl AsyncUdpSocket for BatchingSocket {
     }
 
     fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
-        let max_segments = self
-            .inner
-            .inner
-            .max_transmit_segments()
-            .min(MAX_BATCH_SEGMENTS);
         ACTIVE.with(|active| {
             let mut active = active.borrow_mut();
             let Some(batch) = active.as_mut() else {
                 return self.inner.send(transmit);
             };
-            if batch.append(&self.inner, transmit, max_segments) {
+            if batch.append(&self.inner, transmit) {
                 return Ok(());
             }
             // Not a continuation: what is queued goes first.
@@ -178,7 +178,7 @@ impl AsyncUdpSocket for BatchingSocket {
                 debug!("batch for a replaced UDP socket dropped");
                 batch.clear();
             }
-            if batch.append(&self.inner, transmit, max_segments) {
+            if batch.append(&self.inner, transmit) {
                 Ok(())
             } else {
                 self.inner.send(transmit)
@@ -252,17 +252,13 @@ impl Batch {
     }
 
     /// Takes `transmit` if it continues this batch (or the batch is empty) and fits.
-    fn append(
-        &mut self,
-        socket: &Arc<Counted>,
-        transmit: &Transmit<'_>,
-        max_segments: usize,
-    ) -> bool {
+    fn append(&mut self, socket: &Arc<Counted>, transmit: &Transmit<'_>) -> bool {
         // Only GSO transmits are batched: single datagrams are ACKs, probes (whose size may be
         // refused) and handshake packets, which should leave at once.
         let Some(size) = transmit.segment_size else {
             return false;
         };
+        let max_segments = socket.max_batch_segments();
         if size == 0 || transmit.contents.is_empty() || max_segments <= 1 {
             return false;
         }

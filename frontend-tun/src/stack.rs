@@ -270,7 +270,11 @@ impl AsyncRead for TunReadHalf {
 
 impl TunWriteHalf {
     /// Queues as much of `data` as the send buffer has room for.
-    fn poll_put(&mut self, cx: &mut Context<'_>, data: &[&[u8]]) -> Poll<io::Result<usize>> {
+    fn poll_put<B: std::ops::Deref<Target = [u8]>>(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &[B],
+    ) -> Poll<io::Result<usize>> {
         let mut state = self.link.lock();
         if state.reset {
             return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
@@ -315,8 +319,7 @@ impl AsyncWrite for TunWriteHalf {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let slices: Vec<&[u8]> = bufs.iter().map(|b| &**b).collect();
-        self.get_mut().poll_put(cx, &slices)
+        self.get_mut().poll_put(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
